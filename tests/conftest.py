@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# No network here or in CI: never wait on the hub for a name that is not a local path.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these models are tiny, and on a 2-core machine torch's default
+    pool oversubscribes and makes the tests several times slower. Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 CORPUS = [
     "In the beginning God created the heaven and the earth.",

@@ -1,0 +1,140 @@
+"""Loading the policy, its tokenizer and the frozen reference policy pi_ref.
+
+ReMax (Li et al., arXiv 2310.10505) needs exactly two copies of the LM: the policy
+pi_theta being trained and a frozen pi_ref (the starting model) for the KL penalty.
+PPO adds a critic (see `critic.py`). Everything here is a thin, explicit layer over
+`transformers` Auto classes so that a failure names the model and says what to do.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+T = TypeVar("T")
+
+DTYPES: dict[str, torch.dtype | str] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    # the checkpoint's own dtype (config.json); note that transformers 5 uses "auto" by
+    # default, which is why load_causal_lm always passes a dtype
+    "auto": "auto",
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map "auto" to cuda if available, else cpu; anything else to torch.device(device)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _looks_like_path(name: str) -> bool:
+    # hub ids are "name" or "org/name"; anything else can only be a local path, and
+    # transformers would answer with a puzzling "Repo id must be in the form ..."
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" tqdm bar on stderr for every load; the
+    switch is global, so it is flipped for the duration of the load and restored."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def checked_from_pretrained(
+    kind: str,
+    loader: Callable[..., T],
+    name_or_path: str | os.PathLike,
+    *,
+    required: str | None = None,
+    progress_bar: bool = False,
+    **kwargs,
+) -> T:
+    """`loader(name_or_path, **kwargs)` (a from_pretrained), a not-found turned into one
+    clear line that names the model and says what to pass instead. `required`: a file
+    a local directory must hold (transformers reports a missing config.json puzzlingly).
+    Quiet by default: no weight-loading progress bar unless `progress_bar`."""
+    name = os.path.expanduser(os.fspath(name_or_path))
+    hint = "pass a local path written by save_pretrained"
+    if _looks_like_path(name) and not os.path.isdir(name):
+        raise OSError(f"cannot load {kind} {name!r}: not a local directory (and not a hub id); {hint}")
+    if required and os.path.isdir(name) and not os.path.isfile(os.path.join(name, required)):
+        raise OSError(f"cannot load {kind} {name!r}: a local directory without {required}; {hint}")
+    try:
+        with _progress_bars(progress_bar):
+            return loader(name, **kwargs)
+    except OSError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        where = "a local directory" if os.path.isdir(name) else "not a local directory and not reachable on the hub"
+        raise OSError(f"cannot load {kind} {name!r}: {where} ({reason}); {hint}") from err
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False):
+    """AutoTokenizer with left padding (prompts are left-padded for generation).
+
+    `padding_side="left"` is passed at construction, not assigned afterwards. If the
+    tokenizer has no pad token, its EOS token is used as pad (GPT-2, Llama): harmless
+    here because masks come from the first EOS (`remax.algos.masks.response_mask`) and
+    from the prompt attention mask, never from comparing ids with pad."""
+    tok = checked_from_pretrained(
+        "tokenizer", AutoTokenizer.from_pretrained, name_or_path,
+        padding_side="left", trust_remote_code=trust_remote_code,
+    )
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer {os.fspath(name_or_path)!r} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def to_torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """Map "float32" | "bfloat16" | "float16" | "auto" (or a torch.dtype) to what from_pretrained takes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    progress_bar: bool = False,
+):
+    """AutoModelForCausalLM from a hub name or a local save_pretrained directory, on
+    `device` ("auto" allowed), in `dtype`, with no progress bar on stderr unless
+    `progress_bar`. Returned in eval mode (from_pretrained's); the trainer decides
+    when to train."""
+    model = checked_from_pretrained(
+        "model", AutoModelForCausalLM.from_pretrained, name_or_path,
+        required="config.json", progress_bar=progress_bar,
+        dtype=to_torch_dtype(dtype), trust_remote_code=trust_remote_code,
+    )
+    return model.to(resolve_device(device))
+
+
+def make_reference(policy: torch.nn.Module) -> torch.nn.Module:
+    """A frozen, independent copy of `policy` to serve as pi_ref: separate parameters
+    (later policy updates do not reach it), eval mode, requires_grad False."""
+    ref = copy.deepcopy(policy)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref

@@ -1,0 +1,420 @@
+"""The one training loop for every registered algorithm (remax, reinforce, rloo, grpo, ppo).
+
+    rollout -> score -> prepare (reference log-probs, advantages) -> update -> log / checkpoint
+
+The loop reads the algorithm's spec (`remax.algos.get_algorithm`) and never branches on
+its name: whether to decode a greedy baseline, whether there is a critic, which loss,
+and whether the update is a single on-policy pass all come from the spec.
+
+ReMax (Li et al., arXiv 2310.10505, Algorithm 1): for each prompt, a sampled and a greedy
+response come from ONE generate call; both are scored by the same reward call; the
+loss is -(r - b) * log pi summed over response tokens with a per-token KL penalty
+(the authors' code). On-policy algorithms take one optimizer step per rollout batch,
+so the log-probs computed with grad for the loss are reused, detached, for the KL:
+no extra forward pass. Departures from the paper: the discount gamma defaults to 1 (the
+authors' code uses 0.99) and the KL placement / estimator / aggregation are options.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from remax.algos import (
+    aggregate,
+    gae,
+    get_algorithm,
+    kl_loss,
+    kl_penalty,
+    masked_whiten,
+    policy_gradient_loss,
+    ppo_clip_fraction,
+    ppo_clip_loss,
+    ppo_token_rewards,
+    token_returns,
+    value_loss,
+)
+from remax.config import Config, ConfigError, save_config
+from remax.data import PromptSampler, encode_prompts, load_jsonl
+from remax.models import (
+    ValueModel,
+    load_causal_lm,
+    load_tokenizer,
+    make_reference,
+    resolve_device,
+    response_logprobs,
+    response_values,
+)
+from remax.rewards import build_reward
+from remax.rewards.base import as_reward_tensor
+from remax.rollout import Rollout, generate_rollout
+from remax.trainer.checkpoint import RunState, atomic_dir, save_checkpoint, save_pretrained_dir
+from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_reward_curve
+from remax.trainer.optim import build_optimizer, build_scheduler
+from remax.trainer.validate import resolve_kl, validate_config
+
+
+@dataclass
+class Batch:
+    """One step's sampled responses, scored and ready for the update. N = B * n rows."""
+
+    rollout: Rollout  # sampled rows only
+    rewards: torch.Tensor  # (N,)
+    ref_logprobs: torch.Tensor  # (N, R)
+    seq_adv: Optional[torch.Tensor] = None  # (N,) from the spec's advantage estimator
+    old_logprobs: Optional[torch.Tensor] = None  # (N, R) only when the update is not one on-policy pass
+    old_values: Optional[torch.Tensor] = None  # (N, R) critic
+    token_adv: Optional[torch.Tensor] = None  # (N, R) precomputed (PPO's GAE); else built per micro-batch
+    returns: Optional[torch.Tensor] = None  # (N, R) critic targets
+
+
+class Trainer:
+    """Holds the models, optimizers and run state; `train()` runs the loop.
+
+    Library users may pass ready objects (policy, tokenizer, reward_fn, rows) instead of
+    paths in the config; the CLI passes none of them."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        policy: Any = None,
+        tokenizer: Any = None,
+        reward_fn: Optional[Callable[..., Any]] = None,
+        rows: Optional[list[dict[str, Any]]] = None,
+    ) -> None:
+        self.config = config
+        self.spec = get_algorithm(config.algo)
+        validate_config(config, self.spec, have_policy=policy is not None, have_rows=rows is not None)
+        self.kl_placement, self.kl_estimator = resolve_kl(config, self.spec)
+        torch.manual_seed(config.train.seed)
+        self.device = resolve_device(config.model.device)
+        self._load_models(policy, tokenizer)
+        self.reward_fn = reward_fn or self._build_reward()
+        if rows is None:
+            rows = load_jsonl(config.data.train_file, config.data.prompt_column)
+        self.sampler = PromptSampler(rows, config.train.batch_size, config.train.seed, config.data.shuffle)
+        self._build_optimizers()
+        self.state = RunState()
+        self.out = Path(config.output_dir)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl")
+
+    # ----------------------------------------------------------------- set-up
+    def _load_models(self, policy: Any, tokenizer: Any) -> None:
+        m = self.config.model
+        self.tokenizer = tokenizer or load_tokenizer(m.tokenizer or m.policy, trust_remote_code=m.trust_remote_code)
+        if policy is None:
+            policy = load_causal_lm(m.policy, dtype=m.dtype, device=str(self.device), trust_remote_code=m.trust_remote_code)
+        self.policy = policy.to(self.device)
+        if m.reference:
+            ref = load_causal_lm(m.reference, dtype=m.dtype, device=str(self.device), trust_remote_code=m.trust_remote_code)
+            self.reference = make_reference(ref)
+        else:
+            self.reference = make_reference(self.policy)
+        self.critic = None
+        if self.spec.needs_critic:
+            # A separate trunk: PPO's extra memory is the point of the comparison.
+            critic = ValueModel.from_pretrained(m.critic) if m.critic else ValueModel.from_policy(self.policy)
+            self.critic = critic.to(self.device)
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ConfigError("the tokenizer has no eos_token; set one so responses can end")
+        self.eos_token_id = eos
+
+    def _build_reward(self) -> Callable[..., Any]:
+        r = self.config.reward
+        try:
+            return build_reward(r.kind, function=r.function, model=r.model, device=str(self.device),
+                                batch_size=r.batch_size, max_length=r.max_length)
+        except ValueError as err:  # a bad spec or path: report it as a config error, one line
+            raise ConfigError(str(err)) from None
+
+    def _build_optimizers(self) -> None:
+        t = self.config.train
+        self.optimizers = {"policy": build_optimizer(self.policy.parameters(), t.lr, t.weight_decay, t.adam_betas)}
+        if self.critic is not None:
+            self.optimizers["critic"] = build_optimizer(self.critic.parameters(), t.critic_lr, t.weight_decay, t.adam_betas)
+        self.schedulers = {
+            k: build_scheduler(o, t.steps, t.warmup_steps, t.lr_schedule) for k, o in self.optimizers.items()
+        }
+
+    def _prepare_output_dir(self) -> None:
+        if (self.out / "metrics.jsonl").exists() and not self.config.overwrite:
+            raise ConfigError(
+                f"output_dir {str(self.out)!r} already holds a run; pass a new --output_dir or --overwrite True"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        save_config(self.config, self.out / "config.yaml")
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> list[dict[str, float]]:
+        """Run config.train.steps steps; write metrics, checkpoints, final/ and the plot."""
+        self._prepare_output_dir()
+        t = self.config.train
+        bar = _progress(t.steps, self.config.log.progress)
+        while self.state.step < t.steps:
+            metrics = self.step()
+            self.metrics.write(metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['kl/mean']:.4f}")
+            every = self.config.log.save_every
+            if every and self.state.step % every == 0:
+                self.save_checkpoint(self.out / "checkpoints" / f"step-{self.state.step}")
+        bar.close()
+        self.save_final(self.out / "final")
+        if self.config.log.plot and self.metrics.history:
+            plot_reward_curve(self.metrics.history, self.out / "reward_curve.png", title=self.spec.name)
+        return self.metrics.history
+
+    def step(self) -> dict[str, float]:
+        """One rollout batch and its update; returns the step's metrics."""
+        sw = Stopwatch()
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        rows = self.sampler.next_batch()
+        with sw("rollout"):
+            rollout = self.rollout(rows)
+        with sw("score"):
+            rewards, greedy_rewards = self.score(rows, rollout)
+        with sw("prepare"):
+            batch = self.prepare(rollout.sampled(), rewards, greedy_rewards)
+        with sw("update"):
+            stats = self.update(batch)
+        self.state.step += 1
+        for s in self.schedulers.values():
+            s.step()
+        step_s = time.perf_counter() - start
+        metrics = {"step": self.state.step}
+        metrics.update(self._rollout_metrics(rollout, rewards, greedy_rewards, batch))
+        metrics.update(stats)
+        metrics["lr"] = self.schedulers["policy"].get_last_lr()[0]
+        metrics.update(sw.metrics())
+        metrics["perf/step_s"] = step_s
+        metrics["perf/tokens_per_s"] = float(rollout.response_mask.sum()) / step_s
+        metrics["perf/peak_mem_mb"] = peak_mem_mb(self.device)
+        return metrics
+
+    # ------------------------------------------------------------ the phases
+    def rollout(self, rows: list[dict[str, Any]]) -> Rollout:
+        """The n samples per prompt and, if the spec asks, the greedy baseline: one generate call."""
+        c = self.config
+        prompts = [r[c.data.prompt_column] for r in rows]
+        ids, mask = encode_prompts(self.tokenizer, prompts, c.data.max_prompt_tokens, c.data.chat_template)
+        return generate_rollout(
+            self.policy,
+            ids.to(self.device),
+            mask.to(self.device),
+            n=c.rollout.n_samples,
+            greedy=self.spec.needs_greedy,
+            max_new_tokens=c.rollout.max_new_tokens,
+            temperature=c.rollout.temperature,
+            top_p=c.rollout.top_p,
+            top_k=c.rollout.top_k,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def score(self, rows: list[dict[str, Any]], rollout: Rollout) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Sampled and greedy responses in ONE reward call, so both take the same reward path."""
+        col = self.config.data.prompt_column
+        n, b = rollout.n, rollout.num_prompts
+        order = [i for i in range(b) for _ in range(n)] + (list(range(b)) if rollout.has_greedy else [])
+        prompts = [rows[i][col] for i in order]
+        extra = {k: [rows[i].get(k) for i in order] for k in rows[0] if k != col}
+        responses = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
+        name = getattr(self.reward_fn, "name", None) or type(self.reward_fn).__name__
+        scores = as_reward_tensor(self.reward_fn(prompts, responses, **extra), len(order), name)
+        scores = scores.to(self.device)
+        return scores[: b * n], (scores[b * n :] if rollout.has_greedy else None)
+
+    def prepare(self, samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor]) -> Batch:
+        """Reference log-probs and advantages; old log-probs / values only where the update needs them."""
+        batch = Batch(samples, rewards, ref_logprobs=self._no_grad_logprobs(self.reference, samples))
+        if self.spec.advantage is not None:
+            batch.seq_adv = self.spec.advantage(rewards, greedy_rewards, samples.n)  # (N,)
+        if self._single_pass():
+            return batch  # old log-probs = the update's own forward, detached
+        batch.old_logprobs = self._no_grad_logprobs(self.policy, samples)
+        if self.critic is None:
+            batch.token_adv = self.token_advantages(batch.seq_adv, batch.old_logprobs, batch.ref_logprobs, samples.response_mask)
+            return batch
+        self._critic_targets(batch)
+        return batch
+
+    def _critic_targets(self, batch: Batch) -> None:
+        """PPO: per-token rewards (KL on every token, r on the last), GAE, whitening."""
+        L, mask = self.config.loss, batch.rollout.response_mask
+        with torch.no_grad():
+            batch.old_values = torch.cat([self._values(batch.rollout.select(r)) for r in self._micro(len(mask))])
+        kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, self.kl_estimator)
+        kl_coef = L.kl_coef if self.kl_placement in ("token", "reward_to_go") else 0.0
+        token_rewards = ppo_token_rewards(batch.rewards, kl, mask, kl_coef)  # (N, R)
+        adv, batch.returns = gae(token_rewards, batch.old_values, mask, L.gamma, L.lam)
+        batch.token_adv = masked_whiten(adv, mask) if L.whiten_advantages else adv
+
+    def token_advantages(self, seq_adv, logprobs, ref_logprobs, mask) -> torch.Tensor:
+        """(N,) sequence advantages -> (N, R) per-token returns with the KL placement chosen."""
+        L = self.config.loss
+        kl = kl_penalty(logprobs.detach(), ref_logprobs, self.kl_estimator)  # (N, R), no grad
+        return token_returns(
+            seq_adv, kl, mask, kl_coef=L.kl_coef, gamma=L.gamma, clip=L.advantage_clip, kl_placement=self.kl_placement
+        )
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """Epochs x minibatches of optimizer steps (1 x 1 for on-policy algorithms)."""
+        L = self.config.loss
+        epochs, n_mb = (1, 1) if self.spec.on_policy else (L.epochs, L.num_minibatches)
+        n_rows = len(batch.rewards)
+        gen = torch.Generator().manual_seed(self.config.train.seed * 100_003 + self.state.step)
+        acc: dict[str, float] = {}
+        for epoch in range(epochs):
+            order = torch.randperm(n_rows, generator=gen) if n_mb > 1 else torch.arange(n_rows)
+            for rows in order.chunk(n_mb):
+                self._optimizer_step(batch, rows, acc, first_pass=epoch == 0)
+        n_steps = epochs * n_mb
+        stats = {k: v / n_steps for k, v in acc.items() if not k.startswith("_")}
+        stats["kl/mean"] = acc["_kl_sum"] / max(acc["_tokens"], 1.0)
+        stats["kl/seq_mean"] = acc["_kl_sum"] / n_rows
+        return stats
+
+    def _optimizer_step(self, batch: Batch, rows: torch.Tensor, acc: dict[str, float], first_pass: bool) -> None:
+        """Accumulate gradients over micro-batches of `rows`, then one optimizer step.
+
+        The losses are normalised by the whole minibatch's token / sequence counts, so the
+        accumulated gradient equals one full-batch backward however `rows` is split."""
+        norm = {"num_tokens": batch.rollout.response_mask[rows].sum(), "num_seqs": len(rows)}
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        for micro in rows.split(self.config.train.micro_batch_size):
+            losses = self._micro_losses(batch, micro, norm, acc, first_pass)
+            sum(losses.values()).backward()
+            for k, v in losses.items():
+                acc[k] = acc.get(k, 0.0) + float(v.detach())
+        self._clip_and_step(acc)
+
+    def _micro_losses(self, batch, micro, norm, acc, first_pass) -> dict[str, torch.Tensor]:
+        L, sub = self.config.loss, batch.rollout.select(micro)
+        mask = sub.response_mask
+        logp = response_logprobs(self.policy, sub.prompt_ids, sub.prompt_mask, sub.response_ids, mask,
+                                 temperature=self.config.rollout.temperature)  # (n, R), with grad
+        old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logp.detach()
+        ref = batch.ref_logprobs[micro]
+        if batch.token_adv is not None:
+            adv = batch.token_adv[micro]
+        else:
+            adv = self.token_advantages(batch.seq_adv[micro], old, ref, mask)
+        losses = {"loss/policy": self._policy_loss(logp, old, adv, mask, norm)}
+        if self.kl_placement == "loss":
+            losses["loss/kl"] = L.kl_coef * kl_loss(logp, ref, mask, self.kl_estimator, L.agg, **norm)
+        if self.critic is not None:
+            values = self._values(sub)
+            vl = value_loss(values, batch.old_values[micro], batch.returns[micro], mask, L.value_clip_eps,
+                            num_tokens=norm["num_tokens"])
+            losses["loss/value"] = L.vf_coef * vl
+        if self.spec.loss == "ppo_clip":
+            acc["ppo/clip_frac"] = acc.get("ppo/clip_frac", 0.0) + float(
+                ppo_clip_fraction(logp.detach(), old, adv, mask, L.clip_eps)) * len(micro) / norm["num_seqs"]
+        if first_pass:
+            acc["_kl_sum"] = acc.get("_kl_sum", 0.0) + float(((old - ref) * mask).sum())
+            acc["_tokens"] = acc.get("_tokens", 0.0) + float(mask.sum())
+        return losses
+
+    def _policy_loss(self, logp, old, adv, mask, norm) -> torch.Tensor:
+        L = self.config.loss
+        if self.spec.loss == "ppo_clip":
+            return ppo_clip_loss(logp, old, adv, mask, L.clip_eps, L.agg, **norm)
+        return policy_gradient_loss(logp, adv, mask, L.agg, **norm)
+
+    def _clip_and_step(self, acc: dict[str, float]) -> None:
+        clip = self.config.train.grad_clip or math.inf
+        for name, opt in self.optimizers.items():
+            params = [p for g in opt.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            acc[f"grad/{name}_norm"] = acc.get(f"grad/{name}_norm", 0.0) + float(norm)
+            opt.step()
+
+    # ---------------------------------------------------------------- helpers
+    def _single_pass(self) -> bool:
+        """True when the update's own forward can serve as the 'old' log-probs."""
+        L = self.config.loss
+        return self.spec.on_policy or (L.epochs * L.num_minibatches == 1 and self.critic is None)
+
+    def _micro(self, n_rows: int) -> list[torch.Tensor]:
+        return list(torch.arange(n_rows).split(self.config.train.micro_batch_size))
+
+    @torch.no_grad()
+    def _no_grad_logprobs(self, model: Any, samples: Rollout) -> torch.Tensor:
+        T = self.config.rollout.temperature
+        parts = []
+        for rows in self._micro(samples.response_ids.shape[0]):
+            s = samples.select(rows)
+            parts.append(response_logprobs(model, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask, temperature=T))
+        return torch.cat(parts)  # (N, R)
+
+    def _values(self, s: Rollout) -> torch.Tensor:
+        return response_values(self.critic, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
+
+    def _rollout_metrics(self, rollout, rewards, greedy_rewards, batch) -> dict[str, float]:
+        samples = rollout.sampled()
+        lengths = samples.response_mask.sum(-1)  # (N,)
+        ended = (samples.response_ids == self.eos_token_id) & samples.response_mask.bool()
+        m = {
+            "rollout/reward_mean": float(rewards.mean()),
+            "rollout/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "rollout/response_len_mean": float(lengths.float().mean()),
+            "rollout/eos_frac": float(ended.any(-1).float().mean()),
+        }
+        if greedy_rewards is not None:
+            m["rollout/baseline_reward_mean"] = float(greedy_rewards.mean())
+        if batch.seq_adv is not None:
+            m["adv/mean"] = float(batch.seq_adv.mean())
+            m["adv/std"] = float(batch.seq_adv.std()) if len(batch.seq_adv) > 1 else 0.0
+        return m
+
+    # ----------------------------------------------------------- persistence
+    def save_checkpoint(self, path: Path) -> None:
+        self.state.sampler = self.sampler.state_dict()
+        save_checkpoint(
+            path,
+            policy=self.policy,
+            tokenizer=self.tokenizer,
+            state=self.state,
+            optimizers=self.optimizers,
+            schedulers=self.schedulers,
+            critic=self.critic,
+        )
+
+    def save_final(self, path: Path) -> None:
+        """final/: the policy and its tokenizer, loadable with from_pretrained."""
+        tmp, commit = atomic_dir(path)
+        save_pretrained_dir(self.policy, self.tokenizer, tmp)
+        commit()
+
+
+def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Text of each response's masked tokens (up to and including the first EOS), special tokens dropped."""
+    lengths = response_mask.sum(-1).long().tolist()
+    return tokenizer.batch_decode(
+        [ids[:n].tolist() for ids, n in zip(response_ids, lengths)], skip_special_tokens=True
+    )
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def train(config: Config, **objects: Any) -> list[dict[str, float]]:
+    """Build a Trainer from `config` (and any ready objects) and run it."""
+    return Trainer(config, **objects).train()
+
+
+__all__ = ["Batch", "Trainer", "decode_responses", "train"]

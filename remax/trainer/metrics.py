@@ -1,0 +1,74 @@
+"""Metrics: namespaced names (rollout/*, loss/*, kl/*, perf/*), one JSON object per step
+in metrics.jsonl, a stopwatch for the perf/* split, and the reward curve plot."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+class Stopwatch:
+    """Accumulates wall seconds per phase: `with sw("rollout"): ...` -> perf/rollout_s."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"perf/{k}_s": v for k, v in self.seconds.items()}
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak memory in MiB: CUDA's allocator peak on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+class MetricsWriter:
+    """Appends one JSON object per step to metrics.jsonl (flushed, so a killed run keeps them)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.history: list[dict[str, float]] = []
+
+    def write(self, metrics: dict[str, float]) -> None:
+        self.history.append(metrics)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+def plot_reward_curve(history: list[dict[str, float]], path: str | Path, title: str = "") -> None:
+    """reward_curve.png: sampled reward (and the baseline reward where there is one) per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [m["rollout/reward_mean"] for m in history], label="sampled reward")
+    if history and "rollout/baseline_reward_mean" in history[0]:
+        ax.plot(steps, [m["rollout/baseline_reward_mean"] for m in history], label="greedy (baseline) reward")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
