@@ -110,7 +110,9 @@ class Trainer:
         self.tokenizer = tokenizer or load_tokenizer(m.tokenizer or m.policy, trust_remote_code=m.trust_remote_code)
         if policy is None:
             policy = load_causal_lm(m.policy, dtype=m.dtype, device=str(self.device), trust_remote_code=m.trust_remote_code)
-        self.policy = policy.to(self.device)
+        # Dropout off everywhere, as TRL and verl do: the log-probs of the loss must be the
+        # sampler's, and the KL must not be noise.
+        self.policy = policy.to(self.device).eval()
         if m.reference:
             ref = load_causal_lm(m.reference, dtype=m.dtype, device=str(self.device), trust_remote_code=m.trust_remote_code)
             self.reference = make_reference(ref)
@@ -120,7 +122,7 @@ class Trainer:
         if self.spec.needs_critic:
             # A separate trunk: PPO's extra memory is the point of the comparison.
             critic = ValueModel.from_pretrained(m.critic) if m.critic else ValueModel.from_policy(self.policy)
-            self.critic = critic.to(self.device)
+            self.critic = critic.to(self.device).eval()
         eos = self.tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("the tokenizer has no eos_token; set one so responses can end")
