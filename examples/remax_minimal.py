@@ -65,7 +65,6 @@ def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 def rollout(model, tokenizer, prompts, max_new_tokens=12, temperature=1.0, top_p=0.9):
     """Sampled and greedy responses. (The library does both in one generate call.)"""
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    model.eval()
     common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)
     sampled = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0, **common)
@@ -102,7 +101,7 @@ def remax_loss(logp, ref_logp, mask, rewards, baseline_rewards, kl_coef):
 def train(steps=60, batch_size=6, lr=3e-3, kl_coef=0.02, seed=0, log=print):
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    policy = build_model(tokenizer, seed)
+    policy = build_model(tokenizer, seed).eval()  # dropout off: the loss must see the sampler's log-probs
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     eos = tokenizer.eos_token_id
@@ -115,7 +114,6 @@ def train(steps=60, batch_size=6, lr=3e-3, kl_coef=0.02, seed=0, log=print):
         b = reward(decode(tokenizer, greedy, g_mask))
         with torch.no_grad():
             ref_lp = logprobs(reference, p_ids, p_mask, sampled, s_mask)
-        policy.train()
         lp = logprobs(policy, p_ids, p_mask, sampled, s_mask)  # with grad: the only policy forward
         loss = remax_loss(lp, ref_lp, s_mask, r, b, kl_coef)
         opt.zero_grad()

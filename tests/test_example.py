@@ -30,7 +30,7 @@ def test_example_loss_equals_library_loss():
     ex = load_example()
     torch.manual_seed(0)
     tok = ex.build_tokenizer()
-    policy, reference = ex.build_model(tok, seed=0), ex.build_model(tok, seed=1)
+    policy, reference = ex.build_model(tok, seed=0).eval(), ex.build_model(tok, seed=1).eval()
     p_ids, p_mask, sampled, greedy = ex.rollout(policy, tok, ex.PROMPTS, max_new_tokens=8)
     eos = tok.eos_token_id
     s_mask = ex.response_mask(sampled, eos)
@@ -54,6 +54,6 @@ def test_example_loss_equals_library_loss():
     (g,) = torch.autograd.grad(loss, policy.transformer.wte.weight)
 
     torch.testing.assert_close(lp_ex, lp, rtol=1e-5, atol=1e-6)
-    assert abs(float(loss_ex)) > 1e-4
+    assert abs(loss_ex.item()) > 1e-4
     torch.testing.assert_close(loss_ex, loss, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(g_ex, g, rtol=1e-4, atol=1e-7)

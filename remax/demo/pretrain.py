@@ -43,7 +43,7 @@ INFO_FILE = "info.json"
 DEFAULT_VOCAB_SIZE = 4096
 DEFAULT_MODEL_KWARGS: dict[str, int] = dict(n_layer=4, n_embd=256, n_head=4, n_positions=128)
 DEFAULT_TRAIN_KWARGS: dict[str, float | int] = dict(
-    block_size=64,  # tokens per row (about two verses); must be < n_positions
+    block_size=None,  # tokens per row; None: the model's n_positions, so every position is trained
     batch_size=32,  # rows per step
     lr=2e-3,  # peak learning rate
     min_lr_ratio=0.1,  # cosine decays to lr * min_lr_ratio
@@ -223,6 +223,8 @@ def _settings(verses, time_budget_s, max_steps, seed, vocab_size, model_kwargs, 
     unknown = set(train) - set(DEFAULT_TRAIN_KWARGS)
     if unknown:
         raise ValueError(f"unknown train_kwargs {sorted(unknown)}; known: {sorted(DEFAULT_TRAIN_KWARGS)}")
+    if train["block_size"] is None:
+        train["block_size"] = model["n_positions"]
     if train["block_size"] > model["n_positions"]:
         raise ValueError(f"block_size {train['block_size']} > n_positions {model['n_positions']}")
     corpus = hashlib.sha256("\n".join(verses).encode()).hexdigest()[:16]

@@ -53,6 +53,7 @@ from remax.models import (
 from remax.rewards import build_reward
 from remax.rewards.base import as_reward_tensor
 from remax.rollout import Rollout, generate_rollout
+from remax.trainer.evaluate import decode_responses
 from remax.trainer.checkpoint import RunState, atomic_dir, save_checkpoint, save_pretrained_dir
 from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_reward_curve
 from remax.trainer.optim import build_optimizer, build_scheduler
@@ -400,14 +401,6 @@ class Trainer:
         commit()
 
 
-def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-    """Text of each response's masked tokens (up to and including the first EOS), special tokens dropped."""
-    lengths = response_mask.sum(-1).long().tolist()
-    return tokenizer.batch_decode(
-        [ids[:n].tolist() for ids, n in zip(response_ids, lengths)], skip_special_tokens=True
-    )
-
-
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -419,4 +412,4 @@ def train(config: Config, **objects: Any) -> list[dict[str, float]]:
     return Trainer(config, **objects).train()
 
 
-__all__ = ["Batch", "Trainer", "decode_responses", "train"]
+__all__ = ["Batch", "Trainer", "train"]

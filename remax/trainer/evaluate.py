@@ -1,0 +1,63 @@
+"""Scores a policy on held-out prompts: mean reward of sampled and of greedy responses.
+Generation goes through the same `generate_rollout` as training (one call: sampled and
+greedy rows together), and scoring through the same reward call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from remax.data import encode_prompts
+from remax.rewards.base import as_reward_tensor
+from remax.rollout import generate_rollout
+
+
+@dataclass
+class EvalResult:
+    prompts: list[str]
+    sampled: list[str]  # one sampled response per prompt
+    greedy: list[str]  # the greedy response per prompt
+    sampled_rewards: torch.Tensor  # (B,)
+    greedy_rewards: torch.Tensor  # (B,)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "eval/reward_mean": float(self.sampled_rewards.mean()),
+            "eval/greedy_reward_mean": float(self.greedy_rewards.mean()),
+        }
+
+
+def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Text of each response's masked tokens (up to and including the first EOS), special tokens dropped."""
+    lengths = response_mask.sum(-1).long().tolist()
+    return tokenizer.batch_decode([ids[:n].tolist() for ids, n in zip(response_ids, lengths)], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def evaluate(
+    policy: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    reward_fn: Callable[..., Any],
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    max_prompt_tokens: int = 256,
+) -> EvalResult:
+    sampled, greedy = [], []
+    device = next(policy.parameters()).device
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens)
+        ro = generate_rollout(policy, ids.to(device), mask.to(device), n=1, greedy=True,
+                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        texts = decode_responses(tokenizer, ro.response_ids, ro.response_mask)
+        sampled += texts[: len(chunk)]
+        greedy += texts[len(chunk) :]
+    scores = as_reward_tensor(reward_fn(prompts + prompts, sampled + greedy), 2 * len(prompts), "reward")
+    return EvalResult(prompts, sampled, greedy, scores[: len(prompts)], scores[len(prompts) :])
