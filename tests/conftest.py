@@ -35,6 +35,11 @@ CORPUS = [
 
 
 @pytest.fixture(scope="session")
+def corpus():
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     from remax.models.tiny import train_tokenizer
 

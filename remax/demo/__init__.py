@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from remax.demo.corpus import demo_prompts, kjv_verses
 
@@ -30,6 +31,8 @@ class DemoConfig:
     """Cache of the pretrained model; a second run loads it instead of pretraining."""
     pretrain_seconds: float = 180.0
     """Wall-clock budget of the pretraining step."""
+    pretrain_max_steps: Optional[int] = None
+    """Also stop pretraining after this many steps (for quick checks)."""
     algo: str = "remax"
     """Algorithm for the RL step (remax, reinforce, rloo, grpo, ppo)."""
     steps: int = 80
@@ -58,7 +61,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     from remax.trainer import Trainer, evaluate
 
     t0 = time.perf_counter()
-    model, tokenizer, info = pretrain_demo_model(cfg.cache_dir, time_budget_s=cfg.pretrain_seconds, seed=cfg.seed)
+    model, tokenizer, info = pretrain_demo_model(
+        cfg.cache_dir, time_budget_s=cfg.pretrain_seconds, max_steps=cfg.pretrain_max_steps, seed=cfg.seed
+    )
     t_pretrain = time.perf_counter() - t0
     train_prompts, eval_prompts = demo_prompts(kjv_verses(), n_train=2048, n_eval=cfg.n_eval, seed=cfg.seed)
     reward = VaderReward()
