@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -253,8 +254,9 @@ def _load_cached(cache_dir: Path, key: str):
         return None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cache_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(cache_dir)
+    with _quiet_progress_bars():
+        tokenizer = AutoTokenizer.from_pretrained(cache_dir, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(cache_dir)
     model.eval()
     return model, tokenizer, dict(info, loaded_from_cache=True)
 
@@ -265,8 +267,9 @@ def _save_atomic(cache_dir: Path, model, tokenizer, info: dict) -> None:
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = cache_dir.parent / f".{cache_dir.name}.tmp-{tag}"
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with _quiet_progress_bars():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))  # written last
         if cache_dir.exists():
             old = cache_dir.parent / f".{cache_dir.name}.old-{tag}"
@@ -277,3 +280,17 @@ def _save_atomic(cache_dir: Path, model, tokenizer, info: dict) -> None:
             os.replace(tmp, cache_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _quiet_progress_bars():
+    """No transformers progress bars while saving or loading this 1-file model."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

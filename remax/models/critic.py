@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from remax.models.loading import checked_from_pretrained, resolve_device, to_torch_dtype
+from remax.models.loading import checked_from_pretrained, progress_bars, resolve_device, to_torch_dtype
 from remax.rollout.generate import model_inputs
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -73,7 +73,8 @@ class ValueModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Trunk as a transformers checkpoint + the head as `value_head.safetensors`."""
-        self.trunk.save_pretrained(directory)
+        with progress_bars(False):
+            self.trunk.save_pretrained(directory)
         head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         save_file(head, os.path.join(os.fspath(directory), VALUE_HEAD_FILE))
 

@@ -43,7 +43,7 @@ def _looks_like_path(name: str) -> bool:
 
 
 @contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
+def progress_bars(enabled: bool) -> Iterator[None]:
     """transformers 5 draws a "Loading weights" tqdm bar on stderr for every load; the
     switch is global, so it is flipped for the duration of the load and restored."""
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -76,7 +76,7 @@ def checked_from_pretrained(
     if required and os.path.isdir(name) and not os.path.isfile(os.path.join(name, required)):
         raise OSError(f"cannot load {kind} {name!r}: a local directory without {required}; {hint}")
     try:
-        with _progress_bars(progress_bar):
+        with progress_bars(progress_bar):
             return loader(name, **kwargs)
     except OSError as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]

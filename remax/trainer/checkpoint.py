@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from remax.models.loading import progress_bars
+
 
 @dataclass
 class RunState:
@@ -40,7 +42,8 @@ class RunState:
 
 def save_pretrained_dir(model: Any, tokenizer: Any, path: Path) -> None:
     """Model and tokenizer side by side, as AutoModel*/AutoTokenizer.from_pretrained expect."""
-    model.save_pretrained(path)
+    with progress_bars(False):  # no "Writing model shards" bar in the middle of the training bar
+        model.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
