@@ -10,11 +10,16 @@ Recipe (nanoGPT-style, shrunk to a few CPU minutes):
   start the same way train exactly that condition (a verse start at position 0);
 - AdamW, linear warmup then cosine decay, where progress is the larger of
   `step / max_steps` and `elapsed / budget`, so the schedule ends when time runs out;
-- dropout set to 0: there is less than about one epoch of data per run, and a policy
-  without dropout gives the same log-probs in train and eval mode during RL.
+- dropout set to 0: a run sees about one epoch of text, and a policy without dropout
+  gives the same log-probs in train and eval mode during RL.
+
+The model has `n_positions=64` by default, all of them trained (rows are as long as
+the context): a prompt plus its response must fit in 64 tokens. A verse is 32 tokens
+on average. The budget is wall-clock, so on a busy CPU the model sees fewer steps.
 
 The cache directory holds `save_pretrained` output (model and tokenizer) plus
-`info.json`; a settings key in it decides whether a later call may reuse the cache.
+`info.json`; a key over every setting (budget, seed, sizes, corpus hash) decides
+whether a later call may reuse the cache.
 Results are written to a temporary sibling directory and renamed into place, so a run
 killed midway never leaves a half-written cache.
 """
@@ -27,8 +32,6 @@ import math
 import os
 import shutil
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from remax.demo.corpus import kjv_verses
+from remax.models.loading import load_causal_lm, load_tokenizer
 from remax.models.tiny import tiny_causal_lm, train_tokenizer
+from remax.trainer.checkpoint import atomic_dir, save_pretrained_dir
 
 CACHE_FORMAT = 1  # bump when the recipe changes, so old caches are retrained
 INFO_FILE = "info.json"
@@ -256,45 +261,17 @@ def _load_cached(cache_dir: Path, key: str):
     info = json.loads(info_path.read_text())
     if info.get("settings_key") != key:
         return None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with _quiet_progress_bars():
-        tokenizer = AutoTokenizer.from_pretrained(cache_dir, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(cache_dir)
-    model.eval()
+    tokenizer = load_tokenizer(cache_dir)
+    model = load_causal_lm(cache_dir).eval()
     return model, tokenizer, dict(info, loaded_from_cache=True)
 
 
 def _save_atomic(cache_dir: Path, model, tokenizer, info: dict) -> None:
     """Write into a temporary sibling, then rename it over `cache_dir`."""
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = cache_dir.parent / f".{cache_dir.name}.tmp-{tag}"
+    tmp, commit = atomic_dir(cache_dir)
     try:
-        with _quiet_progress_bars():
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        save_pretrained_dir(model, tokenizer, tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))  # written last
-        if cache_dir.exists():
-            old = cache_dir.parent / f".{cache_dir.name}.old-{tag}"
-            os.replace(cache_dir, old)  # a directory cannot be replaced in one step
-            os.replace(tmp, cache_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, cache_dir)
+        commit()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def _quiet_progress_bars():
-    """No transformers progress bars while saving or loading this 1-file model."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
