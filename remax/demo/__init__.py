@@ -35,7 +35,7 @@ class DemoConfig:
     """Also stop pretraining after this many steps (for quick checks)."""
     algo: str = "remax"
     """Algorithm for the RL step (remax, reinforce, rloo, grpo, ppo)."""
-    steps: int = 80
+    steps: int = 120
     """ReMax steps."""
     batch_size: int = 32
     """Prompts per step."""
@@ -45,7 +45,7 @@ class DemoConfig:
     """KL penalty to the pretrained model; it keeps the text text-like."""
     max_new_tokens: int = 24
     """Response length limit."""
-    n_eval: int = 128
+    n_eval: int = 256
     """Held-out prompts scored before and after."""
     show: int = 8
     """Held-out examples printed in the before/after table."""

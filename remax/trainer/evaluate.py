@@ -47,7 +47,19 @@ def evaluate(
     top_p: float = 1.0,
     batch_size: int = 32,
     max_prompt_tokens: int = 256,
+    seed: int | None = 0,
 ) -> EvalResult:
+    """One sampled and one greedy response per prompt, scored in one reward call.
+    `seed` fixes the sampled responses (the global RNG is left as it was); None: unseeded."""
+    with torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _evaluate(policy, tokenizer, prompts, reward_fn, max_new_tokens, temperature, top_p,
+                         batch_size, max_prompt_tokens)
+
+
+def _evaluate(policy, tokenizer, prompts, reward_fn, max_new_tokens, temperature, top_p, batch_size,
+              max_prompt_tokens) -> EvalResult:
     sampled, greedy = [], []
     device = next(policy.parameters()).device
     for i in range(0, len(prompts), batch_size):
