@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -268,10 +267,6 @@ def _load_cached(cache_dir: Path, key: str):
 
 def _save_atomic(cache_dir: Path, model, tokenizer, info: dict) -> None:
     """Write into a temporary sibling, then rename it over `cache_dir`."""
-    tmp, commit = atomic_dir(cache_dir)
-    try:
+    with atomic_dir(cache_dir) as tmp:
         save_pretrained_dir(model, tokenizer, tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))  # written last
-        commit()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -48,24 +49,28 @@ def save_pretrained_dir(model: Any, tokenizer: Any, path: Path) -> None:
         tokenizer.save_pretrained(path)
 
 
-def atomic_dir(final: Path):
-    """A fresh temporary directory next to `final`, and a commit() that renames it into place."""
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """`with atomic_dir(final) as tmp:` write into `tmp`; on success it is renamed to
+    `final` (replacing what was there), on an exception it is removed and `final` is
+    left exactly as it was."""
     final = Path(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-
-    def commit() -> None:
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-
-    return tmp, commit
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)  # a directory cannot be replaced in one step
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
 
 
 def save_checkpoint(
@@ -78,17 +83,16 @@ def save_checkpoint(
     schedulers: dict[str, Any],
     critic: Any = None,
 ) -> None:
-    tmp, commit = atomic_dir(path)
-    save_pretrained_dir(policy, tokenizer, tmp / "policy")
-    if critic is not None:
-        critic.save_pretrained(tmp / "critic")
     state.capture_rng()
-    torch.save(
-        {
-            "run_state": asdict(state),
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-        },
-        tmp / "trainer_state.pt",
-    )
-    commit()
+    with atomic_dir(path) as tmp:
+        save_pretrained_dir(policy, tokenizer, tmp / "policy")
+        if critic is not None:
+            critic.save_pretrained(tmp / "critic")
+        torch.save(
+            {
+                "run_state": asdict(state),
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            },
+            tmp / "trainer_state.pt",
+        )

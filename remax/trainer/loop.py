@@ -26,7 +26,6 @@ from typing import Any, Callable, Optional
 import torch
 
 from remax.algos import (
-    aggregate,
     gae,
     get_algorithm,
     kl_loss,
@@ -396,9 +395,8 @@ class Trainer:
 
     def save_final(self, path: Path) -> None:
         """final/: the policy and its tokenizer, loadable with from_pretrained."""
-        tmp, commit = atomic_dir(path)
-        save_pretrained_dir(self.policy, self.tokenizer, tmp)
-        commit()
+        with atomic_dir(path) as tmp:
+            save_pretrained_dir(self.policy, self.tokenizer, tmp)
 
 
 def _progress(total: int, enabled: bool):
