@@ -13,19 +13,22 @@ from __future__ import annotations
 import sys
 from typing import Callable, Optional, Sequence
 
+from remax.errors import InputError, RemaxError
+
 USAGE = """usage: remax COMMAND [OPTIONS]
 
 Align a causal language model with ReMax (or reinforce, rloo, grpo, ppo).
 
 commands:
   train   train a policy: remax train --config run.yaml [--section.field VALUE ...]
+  bench   benchmarks: remax bench speed | memory | quality (the paper's claims, measured)
   demo    offline demo: pretrain a tiny GPT-2 on the KJV Bible, then ReMax it
           towards positive sentiment and print a before/after table
 
 `remax COMMAND --help` lists a command's options."""
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     pass
 
 
@@ -95,7 +98,13 @@ def cmd_demo(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": cmd_train, "demo": cmd_demo}
+def cmd_bench(args: Sequence[str]) -> int:
+    from remax.bench import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": cmd_train, "bench": cmd_bench, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -107,14 +116,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"remax: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from remax.config import ConfigError
-    from remax.data import DataError
-
     try:
         return COMMANDS[command](rest)
-    except (ConfigError, DataError, UsageError) as err:
+    except RemaxError as err:
         print(f"remax {command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

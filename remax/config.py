@@ -3,7 +3,7 @@
 Each field's docstring is its `--help` text. A run is configured from a YAML file
 (`remax train --config run.yaml`) whose nested keys mirror these dataclasses, then
 dotted command-line overrides (`--rollout.temperature 0.7`). Defaults follow the ReMax
-authors' scripts (ALGORITHM.md, "Published reference points") unless a field says not.
+authors' scripts (lr 1e-6, KL 0.05, top-p 0.9, 256/256 tokens) unless a field says not.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+
+from remax.errors import InputError
 
 AlgoName = Literal["remax", "reinforce", "rloo", "grpo", "ppo"]
 
@@ -50,6 +52,8 @@ class DataConfig:
     """Wrap each prompt as a user message with the tokenizer's chat template."""
     shuffle: bool = True
     """Reshuffle the prompts every epoch (seeded)."""
+    context_overflow: Literal["error", "truncate"] = "error"
+    """When max_prompt_tokens + max_new_tokens exceeds the model's context: 'error' stops at start with the numbers; 'truncate' lowers max_prompt_tokens to fit, with a warning."""
 
 
 @dataclass
@@ -78,6 +82,12 @@ class RewardConfig:
     """Reward-model scoring batch size."""
     max_length: int = 1024
     """Reward-model input limit in tokens."""
+    timeout_s: Optional[float] = None
+    """Seconds one reward call may take before it counts as failed; None waits forever."""
+    on_error: Literal["stop", "skip_batch"] = "stop"
+    """When the reward raises, times out or returns NaN / inf / the wrong count: 'stop' saves the last good state and exits; 'skip_batch' drops the batch and goes on."""
+    max_consecutive_skips: int = 3
+    """With on_error=skip_batch: stop (saving the last good state) after this many failed batches in a row."""
 
 
 @dataclass
@@ -93,7 +103,7 @@ class LossConfig:
     advantage_clip: Optional[float] = None
     """Clip r - b to [-c, c] (authors' code: 5); off by default."""
     agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = "token_mean"
-    """How per-token losses become one number (ALGORITHM.md); independent of micro-batching."""
+    """How per-token losses become one number: token_mean (mean over all response tokens), seq_mean_token_sum (the paper's Algorithm 1), seq_mean_token_mean; independent of micro-batching."""
     clip_eps: float = 0.2
     """PPO/GRPO ratio clip."""
     epochs: int = 1
@@ -134,6 +144,8 @@ class TrainConfig:
     """Linear warmup steps."""
     seed: int = 0
     """Seeds torch, python and the prompt order."""
+    max_nonfinite_steps: int = 3
+    """Optimizer steps whose loss or gradient is NaN / inf are skipped (weights untouched); stop with a checkpoint after this many in a row."""
 
 
 @dataclass
@@ -144,6 +156,8 @@ class LogConfig:
     """Show a progress bar with step, reward and KL."""
     plot: bool = True
     """Write reward_curve.png at the end."""
+    keep_last: int = 0
+    """Keep only the newest this-many checkpoints; 0 keeps all."""
 
 
 @dataclass
@@ -153,7 +167,9 @@ class Config:
     output_dir: str = "runs/remax"
     """Where config.yaml, metrics.jsonl, checkpoints/, final/ and reward_curve.png go."""
     overwrite: bool = False
-    """Replace a finished or stopped run already in output_dir (otherwise that is an error)."""
+    """Replace a finished or stopped run already in output_dir: its files are removed before anything new is written."""
+    resume: Optional[str] = None
+    """'auto' continues from the latest complete checkpoint in output_dir (fresh start if none); a path names one checkpoint directory."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -163,7 +179,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration problem, reported as one line that names the fix."""
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from remax.errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """Bad prompt data, reported as one line naming the file, the line and the fix."""
 
 
