@@ -23,6 +23,15 @@ class RewardFunction(Protocol):
         ...
 
 
+class RewardValueError(ValueError):
+    """A scorer's output is unusable; `detail` is the message without the reward's name
+    and `index` the first offending row, where there is one."""
+
+    def __init__(self, source_name: str, detail: str, index: int | None = None) -> None:
+        super().__init__(f"reward '{source_name}' {detail}")
+        self.detail, self.index = detail, index
+
+
 def check_batch(prompts: Sequence[str], responses: Sequence[str], row: dict, source_name: str) -> None:
     """Raise a one-line ValueError when prompts, responses and row columns disagree in length."""
     if len(prompts) != len(responses):
@@ -49,21 +58,18 @@ def as_reward_tensor(values: Any, expected_len: int, source_name: str) -> torch.
     if scores.dim() == 0:
         scores = scores.reshape(1)
     if scores.dim() != 1:
-        raise ValueError(
-            f"reward '{source_name}' returned shape {tuple(scores.shape)}; "
-            f"expected {expected_len} values in a 1-D sequence"
+        raise RewardValueError(
+            source_name, f"returned shape {tuple(scores.shape)}; expected {expected_len} values in a 1-D sequence"
         )
     if scores.numel() != expected_len:
-        raise ValueError(
-            f"reward '{source_name}' returned {scores.numel()} values; "
-            f"expected {expected_len} (one per response)"
+        raise RewardValueError(
+            source_name, f"returned {scores.numel()} values; expected {expected_len} (one per response)"
         )
     bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
     if bad:
         shown = ", ".join(f"[{i}]={scores[i].item()}" for i in bad[:5])
-        raise ValueError(
-            f"reward '{source_name}' returned {len(bad)} non-finite value(s) "
-            f"out of {expected_len}: {shown}"
+        raise RewardValueError(
+            source_name, f"returned {len(bad)} non-finite value(s) out of {expected_len}: {shown}", bad[0]
         )
     return scores
 
@@ -72,7 +78,7 @@ def _to_float_tensor(values: Any, source_name: str) -> torch.Tensor:
     """Any supported container -> float32 CPU tensor (shape unchecked)."""
     if isinstance(values, torch.Tensor):
         if values.is_complex():
-            raise ValueError(f"reward '{source_name}' returned a complex tensor; expected real numbers")
+            raise RewardValueError(source_name, "returned a complex tensor; expected real numbers")
         # float32 after the cast: a value too large for float32 becomes inf and is caught.
         return values.detach().to(device="cpu", dtype=torch.float32)
     if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
@@ -83,9 +89,8 @@ def _to_float_tensor(values: Any, source_name: str) -> torch.Tensor:
     if _is_real(values):
         values = [values]
     if not isinstance(values, (list, tuple)):
-        raise ValueError(
-            f"reward '{source_name}' returned {type(values).__name__}; "
-            "expected a list, tuple, numpy array, tensor or number"
+        raise RewardValueError(
+            source_name, f"returned {type(values).__name__}; expected a list, tuple, numpy array, tensor or number"
         )
     return torch.tensor([_as_float(v, i, source_name) for i, v in enumerate(values)], dtype=torch.float32)
 
@@ -94,9 +99,8 @@ def _as_float(value: Any, index: int, source_name: str) -> float:
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         return value.item()  # lists of per-example 0-d tensors are common
     if not _is_real(value):
-        raise ValueError(
-            f"reward '{source_name}' returned a non-numeric value {value!r} "
-            f"({type(value).__name__}) at index {index}"
+        raise RewardValueError(
+            source_name, f"returned a non-numeric value {value!r} ({type(value).__name__}) at index {index}", index
         )
     return float(value)
 

@@ -1,24 +1,41 @@
-"""Checkpoints: everything a run needs to continue, written atomically.
+"""Checkpoints: everything a run needs to continue bit-for-bit, written atomically.
 
-A checkpoint directory holds `policy/` (model + tokenizer, loadable with
-from_pretrained), `critic/` for PPO, and `trainer_state.pt` with the optimizers,
-schedulers and the RunState (step, prompt-sampler position, RNG states). It is first
-written to a temporary sibling and then renamed, so a kill mid-write never leaves a
-half checkpoint under the final name and never touches earlier ones."""
+A checkpoint `checkpoints/step-N/` holds
+- `policy/`: model + tokenizer as safetensors, loadable with from_pretrained;
+- `critic/`: PPO's value model (trunk + `value_head.safetensors`);
+- `trainer_state.pt`: optimizer and scheduler states and the RunState (step, sampler
+  epoch and position, every RNG, run counters), plain tensors and Python containers
+  only, so that it loads with `torch.load(..., weights_only=True)`;
+- `config.yaml`: the config the run had, checked against a resumed run's;
+- `metrics.jsonl`: the run's metrics up to step N, restored on resume so that every
+  step appears exactly once.
+
+It is written into a temporary sibling, fsynced, and renamed; then `checkpoints/latest`
+(a one-line file naming the directory) is replaced. A kill mid-write leaves only a
+dot-named temporary, which is never taken for a checkpoint and is cleaned at the next
+start. A failed write (a full disk) leaves the previous checkpoints as they were.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 
+from remax.errors import InputError, RunStopped
 from remax.models.loading import progress_bars
+
+STATE_FILE = "trainer_state.pt"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
@@ -27,33 +44,63 @@ class RunState:
 
     step: int = 0
     sampler: dict[str, int] = field(default_factory=dict)
-    torch_rng: Any = None
-    python_rng: Any = None
-
-    def capture_rng(self) -> None:
-        self.torch_rng = torch.get_rng_state()
-        self.python_rng = random.getstate()
-
-    def restore_rng(self) -> None:
-        if self.torch_rng is not None:
-            torch.set_rng_state(self.torch_rng)
-        if self.python_rng is not None:
-            random.setstate(self.python_rng)
+    rng: dict[str, Any] = field(default_factory=dict)
+    skipped_batches: int = 0  # reward.on_error=skip_batch: batches dropped so far
+    skip_streak: int = 0  # ... of which in a row, up to now
+    nonfinite_steps: int = 0  # steps whose optimizer update was skipped for NaN / inf
+    nonfinite_streak: int = 0
 
 
-def save_pretrained_dir(model: Any, tokenizer: Any, path: Path) -> None:
-    """Model and tokenizer side by side, as AutoModel*/AutoTokenizer.from_pretrained expect."""
-    with progress_bars(False):  # no "Writing model shards" bar in the middle of the training bar
-        model.save_pretrained(path)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
+# ------------------------------------------------------------------ RNG
+def capture_rng() -> dict[str, Any]:
+    """Every RNG a step can draw from: python, numpy, torch CPU and every CUDA device.
+    (The update's minibatch order uses its own generator seeded from (seed, step).)"""
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    rng = {
+        "python": random.getstate(),
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_gauss), float(np_cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in rng:
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ------------------------------------------------------- atomic writes
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root` (and root itself)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
 
 
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """`with atomic_dir(final) as tmp:` write into `tmp`; on success it is renamed to
-    `final` (replacing what was there), on an exception it is removed and `final` is
-    left exactly as it was."""
+    """`with atomic_dir(final) as tmp:` write into `tmp`; on success it is fsynced and
+    renamed to `final` (replacing what was there), on an exception it is removed and
+    `final` is left exactly as it was."""
     final = Path(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -61,6 +108,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -71,6 +119,41 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def clean_leftovers(directory: Path) -> list[Path]:
+    """Remove the dot-named temporaries a killed write leaves behind (`.step-4.tmp-123`)."""
+    removed = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.startswith(".") and re.search(r"\.(tmp|old)-\d+$", p.name):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p)
+    return removed
+
+
+# ------------------------------------------------------------- saving
+def save_pretrained_dir(model: Any, tokenizer: Any, path: Path) -> None:
+    """Model and tokenizer side by side, as AutoModel*/AutoTokenizer.from_pretrained expect."""
+    with progress_bars(False):  # no "Writing model shards" bar in the middle of the training bar
+        model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def step_dir(checkpoints: Path, step: int) -> Path:
+    return checkpoints / f"step-{step}"
 
 
 def save_checkpoint(
@@ -82,17 +165,108 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     schedulers: dict[str, Any],
     critic: Any = None,
+    config_yaml: str = "",
+    metrics_jsonl: str = "",
+    keep_last: int = 0,
 ) -> None:
-    state.capture_rng()
-    with atomic_dir(path) as tmp:
-        save_pretrained_dir(policy, tokenizer, tmp / "policy")
-        if critic is not None:
-            critic.save_pretrained(tmp / "critic")
-        torch.save(
-            {
-                "run_state": asdict(state),
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-            },
-            tmp / "trainer_state.pt",
-        )
+    """Write checkpoint `path` atomically, point `latest` at it, prune to `keep_last`.
+
+    On an OSError (a full disk, a lost mount) nothing under a final name changes and a
+    RunStopped says so, naming the previous checkpoint that is still intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_dir(path) as tmp:
+            save_pretrained_dir(policy, tokenizer, tmp / "policy")
+            if critic is not None:
+                critic.save_pretrained(tmp / "critic")
+            torch.save(
+                {
+                    "run_state": asdict(state),
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                },
+                tmp / STATE_FILE,
+            )
+            (tmp / "config.yaml").write_text(config_yaml)
+            (tmp / "metrics.jsonl").write_text(metrics_jsonl)
+        write_text_atomic(path.parent / LATEST, path.name + "\n")
+    except OSError as err:
+        previous = latest_checkpoint(path.parent)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise RunStopped(
+            f"could not write checkpoint {path} ({err.strerror or err}); {kept}; "
+            "free space, then rerun with --resume auto"
+        ) from err
+    prune_checkpoints(path.parent, keep_last)
+
+
+def checkpoint_steps(checkpoints: Path) -> dict[int, Path]:
+    """Complete checkpoints by step: `step-N` directories holding a trainer state.
+    (A half-written one only exists under a dot-named temporary, never as `step-N`.)"""
+    found = {}
+    if checkpoints.is_dir():
+        for p in checkpoints.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and (p / STATE_FILE).is_file():
+                found[int(m.group(1))] = p
+    return found
+
+
+def latest_checkpoint(checkpoints: Path) -> Optional[Path]:
+    """The highest-numbered complete checkpoint. `latest` names the same directory
+    once its write finished; the scan also covers a kill between rename and pointer."""
+    steps = checkpoint_steps(checkpoints)
+    return steps[max(steps)] if steps else None
+
+
+def prune_checkpoints(checkpoints: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    steps = sorted(checkpoint_steps(checkpoints))
+    for s in steps[:-keep_last]:
+        shutil.rmtree(step_dir(checkpoints, s))
+
+
+# ------------------------------------------------------------ loading
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """trainer_state.pt of checkpoint `path`, loaded with weights_only=True; a missing or
+    corrupt checkpoint is one InputError naming it."""
+    path = Path(path)
+    hint = "pass another checkpoint to --resume (or --resume auto)"
+    if not path.is_dir():
+        raise InputError(f"checkpoint {str(path)!r} not found; {hint}")
+    if not (path / STATE_FILE).is_file() or not (path / "policy").is_dir():
+        raise InputError(f"{str(path)!r} is not a complete checkpoint (no {STATE_FILE} or policy/); {hint}")
+    try:
+        return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+    except Exception as err:  # truncated zip, wrong format, unsafe pickle: all "corrupt" to a user
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise InputError(f"checkpoint {str(path)!r} is corrupt ({STATE_FILE}: {reason}); {hint}") from None
+
+
+def load_safetensors_into(module: torch.nn.Module, directory: Path, only: Optional[str] = None, skip: str = "") -> None:
+    """Copy the tensors of `directory`'s *.safetensors files into `module`, in place and
+    bit for bit. Tied parameters that save_pretrained stores once (GPT-2's lm_head) are
+    accepted as missing; any other missing or unexpected key is a corrupt checkpoint."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    paths = [directory / only] if only else [p for p in sorted(directory.glob("*.safetensors")) if p.name != skip]
+    if not paths:
+        raise InputError(f"no weights (*.safetensors) in {str(directory)!r}; the checkpoint is incomplete")
+    own = module.state_dict(keep_vars=True)
+    loaded: set[str] = set()
+    for p in paths:
+        tensors = load_file(p)
+        unexpected = sorted(set(tensors) - set(own))
+        if unexpected:
+            raise InputError(f"{p}: weights {unexpected[:3]} do not belong to this model; resume with the same model")
+        with torch.no_grad():
+            for k, v in tensors.items():
+                own[k].copy_(v)
+        loaded |= set(tensors)
+    loaded_ptrs = {own[k].data_ptr() for k in loaded}
+    missing = [k for k in own if k not in loaded and own[k].data_ptr() not in loaded_ptrs]
+    if missing:
+        raise InputError(f"{directory}: weights {missing[:3]} are missing; the checkpoint is incomplete")

@@ -17,7 +17,9 @@ authors' code uses 0.99) and the KL placement / estimator / aggregation are opti
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ from remax.algos import (
     value_loss,
 )
 from remax.config import Config, ConfigError, save_config
+from remax.errors import RunStopped
 from remax.data import PromptSampler, encode_prompts, load_jsonl
 from remax.models import (
     ValueModel,
@@ -49,12 +52,24 @@ from remax.models import (
     response_logprobs,
     response_values,
 )
+from remax.models.critic import VALUE_HEAD_FILE
 from remax.rewards import build_reward
-from remax.rewards.base import as_reward_tensor
 from remax.rollout import Rollout, generate_rollout
 from remax.trainer.evaluate import decode_responses
-from remax.trainer.checkpoint import RunState, atomic_dir, save_checkpoint, save_pretrained_dir
+from remax.trainer.checkpoint import (
+    RunState,
+    atomic_dir,
+    capture_rng,
+    load_safetensors_into,
+    load_trainer_state,
+    restore_rng,
+    save_checkpoint,
+    save_pretrained_dir,
+    step_dir,
+)
+from remax.trainer.guards import RewardFailure, SignalGuard, call_reward
 from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_reward_curve
+from remax.trainer.resume import check_same_run, find_checkpoint, notice, prepare_fresh, prepare_resumed
 from remax.trainer.optim import build_optimizer, build_scheduler
 from remax.trainer.validate import resolve_kl, validate_config
 
@@ -145,34 +160,50 @@ class Trainer:
             k: build_scheduler(o, t.steps, t.warmup_steps, t.lr_schedule) for k, o in self.optimizers.items()
         }
 
-    def _prepare_output_dir(self) -> None:
-        if (self.out / "metrics.jsonl").exists() and not self.config.overwrite:
-            raise ConfigError(
-                f"output_dir {str(self.out)!r} already holds a run; pass a new --output_dir or --overwrite True"
-            )
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        save_config(self.config, self.out / "config.yaml")
-
     # ------------------------------------------------------------------ loop
     def train(self) -> list[dict[str, float]]:
-        """Run config.train.steps steps; write metrics, checkpoints, final/ and the plot."""
-        self._prepare_output_dir()
-        t = self.config.train
-        bar = _progress(t.steps, self.config.log.progress)
-        while self.state.step < t.steps:
-            metrics = self.step()
-            self.metrics.write(metrics)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['kl/mean']:.4f}")
-            every = self.config.log.save_every
-            if every and self.state.step % every == 0:
-                self.save_checkpoint(self.out / "checkpoints" / f"step-{self.state.step}")
+        """Run, or continue, to config.train.steps steps; write metrics, checkpoints, final/
+        and the plot. A first SIGINT / SIGTERM stops after the current step with a checkpoint."""
+        self._start()
+        bar = _progress(self.config.train.steps, self.config.log.progress, initial=self.state.step)
+        with SignalGuard() as signals:
+            while self.state.step < self.config.train.steps and not signals.requested:
+                metrics = self.guarded_step()
+                if metrics is not None:
+                    self._after_step(metrics, bar)
         bar.close()
+        if signals.requested:
+            name = signal.Signals(signals.requested).name
+            self._stop(f"stopped by {name} after step {self.state.step}", 128 + signals.requested)
         self.save_final(self.out / "final")
         if self.config.log.plot and self.metrics.history:
             plot_reward_curve(self.metrics.history, self.out / "reward_curve.png", title=self.spec.name)
         return self.metrics.history
+
+    def guarded_step(self) -> Optional[dict[str, float]]:
+        """step() under the run's failure policies. A failing reward stops the run, saving the
+        state from before the failed step, or (reward.on_error=skip_batch) drops the batch:
+        then None is returned. Updates with NaN / inf were already skipped inside step()."""
+        boundary = self._snapshot()  # the last good state, should this step fail
+        try:
+            metrics = self.step()
+        except RewardFailure as err:
+            self._reward_failed(err, boundary)
+            return None
+        self.state.skip_streak = 0
+        return metrics
+
+    def _after_step(self, metrics: dict[str, float], bar: Any) -> None:
+        self.metrics.write(metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['kl/mean']:.4f}")
+        every = self.config.log.save_every
+        if every and self.state.step % every == 0:
+            self.save_checkpoint()
+        limit = self.config.train.max_nonfinite_steps
+        if self.state.nonfinite_streak >= limit:
+            self._stop(f"loss or gradients were NaN/inf in {limit} steps in a row (up to step {self.state.step}; "
+                       "those updates were skipped); lower --train.lr or check the reward's scale")
 
     def step(self) -> dict[str, float]:
         """One rollout batch and its update; returns the step's metrics."""
@@ -187,16 +218,20 @@ class Trainer:
             rewards, greedy_rewards = self.score(rows, rollout)
         with sw("prepare"):
             batch = self.prepare(rollout.sampled(), rewards, greedy_rewards)
+        lr = self.schedulers["policy"].get_last_lr()[0]  # the rate this step's update uses
         with sw("update"):
             stats = self.update(batch)
         self.state.step += 1
+        self._count_nonfinite(stats)
         for s in self.schedulers.values():
             s.step()
         step_s = time.perf_counter() - start
         metrics = {"step": self.state.step}
         metrics.update(self._rollout_metrics(rollout, rewards, greedy_rewards, batch))
         metrics.update(stats)
-        metrics["lr"] = self.schedulers["policy"].get_last_lr()[0]
+        metrics["lr"] = lr
+        metrics["train/nonfinite_steps"] = self.state.nonfinite_steps
+        metrics["reward/skipped_batches"] = self.state.skipped_batches
         metrics.update(sw.metrics())
         metrics["perf/step_s"] = step_s
         metrics["perf/tokens_per_s"] = float(rollout.response_mask.sum()) / step_s
@@ -231,9 +266,8 @@ class Trainer:
         prompts = [rows[i][col] for i in order]
         extra = {k: [rows[i].get(k) for i in order] for k in rows[0] if k != col}
         responses = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
-        name = getattr(self.reward_fn, "name", None) or type(self.reward_fn).__name__
-        scores = as_reward_tensor(self.reward_fn(prompts, responses, **extra), len(order), name)
-        scores = scores.to(self.device)
+        scores = call_reward(self.reward_fn, prompts, responses, extra,
+                             step=self.state.step + 1, timeout_s=self.config.reward.timeout_s).to(self.device)
         return scores[: b * n], (scores[b * n :] if rollout.has_greedy else None)
 
     def prepare(self, samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor]) -> Batch:
@@ -282,6 +316,7 @@ class Trainer:
                 self._optimizer_step(batch, rows, acc, first_pass=epoch == 0)
         n_steps = epochs * n_mb
         stats = {k: v / n_steps for k, v in acc.items() if not k.startswith("_")}
+        stats["train/skipped_updates"] = acc.get("_skipped", 0) / acc["_opt_steps"]  # share of this step's updates
         stats["kl/mean"] = acc["_kl_sum"] / max(acc["_tokens"], 1.0)
         stats["kl/seq_mean"] = acc["_kl_sum"] / n_rows
         return stats
@@ -294,12 +329,15 @@ class Trainer:
         norm = {"num_tokens": batch.rollout.response_mask[rows].sum(), "num_seqs": len(rows)}
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
+        finite = True
         for micro in rows.split(self.config.train.micro_batch_size):
             losses = self._micro_losses(batch, micro, norm, acc, first_pass)
-            sum(losses.values()).backward()
+            total = sum(losses.values())
+            finite = finite and bool(torch.isfinite(total))
+            total.backward()
             for k, v in losses.items():
                 acc[k] = acc.get(k, 0.0) + float(v.detach())
-        self._clip_and_step(acc)
+        self._clip_and_step(acc, finite)
 
     def _micro_losses(self, batch, micro, norm, acc, first_pass) -> dict[str, torch.Tensor]:
         L, sub = self.config.loss, batch.rollout.select(micro)
@@ -334,12 +372,22 @@ class Trainer:
             return ppo_clip_loss(logp, old, adv, mask, L.clip_eps, L.agg, **norm)
         return policy_gradient_loss(logp, adv, mask, L.agg, **norm)
 
-    def _clip_and_step(self, acc: dict[str, float]) -> None:
+    def _clip_and_step(self, acc: dict[str, float], finite_loss: bool) -> None:
+        """Clip, then step every optimizer; if the loss or any gradient is NaN / inf, step
+        none of them (weights and Adam moments stay as they were) and count the skip."""
         clip = self.config.train.grad_clip or math.inf
+        norms = {}
         for name, opt in self.optimizers.items():
             params = [p for g in opt.param_groups for p in g["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            acc[f"grad/{name}_norm"] = acc.get(f"grad/{name}_norm", 0.0) + float(norm)
+            norms[name] = torch.nn.utils.clip_grad_norm_(params, clip)
+            acc[f"grad/{name}_norm"] = acc.get(f"grad/{name}_norm", 0.0) + float(norms[name])
+        acc["_opt_steps"] = acc.get("_opt_steps", 0) + 1
+        if not finite_loss or not all(bool(torch.isfinite(n)) for n in norms.values()):
+            acc["_skipped"] = acc.get("_skipped", 0) + 1
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            return
+        for opt in self.optimizers.values():
             opt.step()
 
     # ---------------------------------------------------------------- helpers
@@ -381,17 +429,83 @@ class Trainer:
         return m
 
     # ----------------------------------------------------------- persistence
-    def save_checkpoint(self, path: Path) -> None:
-        self.state.sampler = self.sampler.state_dict()
+    def _snapshot(self) -> RunState:
+        """The run state at this step boundary: counters, sampler position, every RNG."""
+        return dataclasses.replace(self.state, sampler=self.sampler.state_dict(), rng=capture_rng())
+
+    def save_checkpoint(self, state: Optional[RunState] = None) -> Path:
+        """checkpoints/step-N for `state` (default: now), atomically; returns its path."""
+        state = state or self._snapshot()
+        path = step_dir(self.out / "checkpoints", state.step)
+        metrics = self.out / "metrics.jsonl"
         save_checkpoint(
             path,
             policy=self.policy,
             tokenizer=self.tokenizer,
-            state=self.state,
+            state=state,
             optimizers=self.optimizers,
             schedulers=self.schedulers,
             critic=self.critic,
+            config_yaml=(self.out / "config.yaml").read_text(),
+            metrics_jsonl=metrics.read_text() if metrics.is_file() else "",
+            keep_last=self.config.log.keep_last,
         )
+        return path
+
+    def _start(self) -> None:
+        """Fresh, overwritten or resumed output_dir. Everything that can fail (a missing or
+        corrupt checkpoint, a changed config) is checked before the directory is touched."""
+        checkpoint = find_checkpoint(self.config)
+        if checkpoint is None:
+            prepare_fresh(self.config, self.out)
+        else:
+            saved = load_trainer_state(checkpoint)
+            check_same_run(self.config, checkpoint)
+            self._restore(checkpoint, saved)
+            prepare_resumed(self.out, checkpoint, self.state.step)
+            self.metrics.reload()
+        save_config(self.config, self.out / "config.yaml")
+
+    def _restore(self, checkpoint: Path, saved: dict[str, Any]) -> None:
+        """Weights, optimizer and scheduler states, counters, sampler position and RNGs."""
+        load_safetensors_into(self.policy, checkpoint / "policy")
+        if self.critic is not None:
+            load_safetensors_into(self.critic.trunk, checkpoint / "critic", skip=VALUE_HEAD_FILE)
+            load_safetensors_into(self.critic.head, checkpoint / "critic", only=VALUE_HEAD_FILE)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(saved["schedulers"][name])
+        self.state = RunState(**saved["run_state"])
+        self.sampler.load_state_dict(self.state.sampler)
+        restore_rng(self.state.rng)
+
+    def _stop(self, reason: str, exit_code: int = 1, state: Optional[RunState] = None) -> None:
+        """Save the state (unless step 0, or already saved) and raise RunStopped with one line."""
+        state = state or self._snapshot()
+        path = step_dir(self.out / "checkpoints", state.step)
+        if state.step == 0:
+            raise RunStopped(f"{reason}; no step had finished, so there is nothing to resume", exit_code)
+        if not path.is_dir():
+            self.save_checkpoint(state)
+        raise RunStopped(f"{reason}; saved {path}; continue with the same command plus --resume auto", exit_code)
+
+    def _reward_failed(self, err: RewardFailure, boundary: RunState) -> None:
+        r = self.config.reward
+        self.state.skipped_batches += 1
+        self.state.skip_streak += 1
+        if r.on_error == "stop":
+            self._stop(str(err), state=boundary)
+        if self.state.skip_streak >= r.max_consecutive_skips:
+            self._stop(f"{err} ({self.state.skip_streak} failed batches in a row, reward.max_consecutive_skips)",
+                       state=dataclasses.replace(boundary, skipped_batches=self.state.skipped_batches))
+        notice(f"{err}; batch skipped ({self.state.skip_streak} in a row, limit {r.max_consecutive_skips})")
+
+    def _count_nonfinite(self, stats: dict[str, float]) -> None:
+        """A step whose updates were all skipped for NaN / inf extends the streak."""
+        if stats["train/skipped_updates"] > 0:
+            self.state.nonfinite_steps += 1
+        self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if stats["train/skipped_updates"] == 1 else 0
 
     def save_final(self, path: Path) -> None:
         """final/: the policy and its tokenizer, loadable with from_pretrained."""
@@ -399,10 +513,10 @@ class Trainer:
             save_pretrained_dir(self.policy, self.tokenizer, tmp)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc="train", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
 
 
 def train(config: Config, **objects: Any) -> list[dict[str, float]]:

@@ -47,6 +47,17 @@ class MetricsWriter:
         self.path = Path(path)
         self.history: list[dict[str, float]] = []
 
+    def reload(self) -> None:
+        """history from the file (a resumed run); a partial last line from a kill is dropped."""
+        self.history = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    self.history.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+        self.path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+
     def write(self, metrics: dict[str, float]) -> None:
         self.history.append(metrics)
         with open(self.path, "a") as f:

@@ -1,0 +1,136 @@
+"""Where a run starts: a fresh output_dir, an overwritten one, or a checkpoint.
+
+The rule is that an output directory never mixes two runs:
+- a plain start refuses a directory that already holds a run;
+- `--overwrite True` removes the old run's files (and only those) before anything new
+  is written;
+- `--resume auto|PATH` continues from a checkpoint: metrics.jsonl is rewritten from
+  the checkpoint's copy (so each step appears once), and checkpoints past it, final/
+  and the plot, which belong to the abandoned continuation, are removed;
+- the dot-named temporaries of a killed write are removed in every case.
+
+A resumed run must be the same run: a changed config field that would make the
+continuation a different experiment (model, algorithm, batch layout, seed, loss,
+optimizer) is refused, naming the field; steps, micro-batching, logging and the
+reward's failure handling may change.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from remax.config import Config, ConfigError, to_dict
+from remax.trainer.checkpoint import checkpoint_steps, clean_leftovers, latest_checkpoint
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "reward_curve.png")
+RUN_DIRS = ("checkpoints", "final")
+
+# Config fields a resumed run may change: they do not change what is computed per step.
+RESUMABLE_CHANGES = (
+    "output_dir", "overwrite", "resume", "train.steps", "train.micro_batch_size", "train.max_nonfinite_steps",
+    "log.", "reward.timeout_s", "reward.on_error", "reward.max_consecutive_skips", "reward.batch_size",
+    "model.device",
+)
+
+
+def notice(message: str) -> None:
+    """An informational line on stderr (stdout stays for results)."""
+    print(f"remax: {message}", file=sys.stderr, flush=True)
+
+
+def holds_run(out: Path) -> bool:
+    return any((out / f).exists() for f in RUN_FILES + RUN_DIRS)
+
+
+def remove_run(out: Path) -> None:
+    """Remove a run's own files; anything else a user keeps in the directory stays."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+
+
+def find_checkpoint(config: Config) -> Optional[Path]:
+    """The checkpoint `config.resume` asks for: None for a fresh start."""
+    if config.resume is None:
+        return None
+    if config.resume == "auto":
+        return latest_checkpoint(Path(config.output_dir) / "checkpoints")
+    return Path(config.resume).expanduser()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_same_run(config: Config, checkpoint: Path) -> None:
+    """ConfigError naming the first field the resumed run changed and cannot honour."""
+    saved_text = (checkpoint / "config.yaml").read_text() if (checkpoint / "config.yaml").is_file() else ""
+    saved = _flat(yaml.safe_load(saved_text) or {})
+    if not saved:
+        return  # a checkpoint from a library run without a saved config: nothing to compare
+    now = _flat(to_dict(config))
+    for key in sorted(set(saved) | set(now)):
+        if key.startswith(RESUMABLE_CHANGES) or saved.get(key) == now.get(key):
+            continue
+        raise ConfigError(
+            f"cannot resume {checkpoint} with a changed {key} (checkpoint: {saved.get(key)!r}, now: {now.get(key)!r}); "
+            f"set it back, or start a new run in another --output_dir"
+        )
+
+
+def prepare_fresh(config: Config, out: Path) -> None:
+    """A new run in `out`: refuse or remove an old run there, per --overwrite / --resume auto."""
+    if holds_run(out):
+        if config.overwrite:
+            notice(f"--overwrite: removing the run in {out}")
+        elif config.resume == "auto" and not (out / "final").exists():
+            notice(f"--resume auto: no complete checkpoint in {out}/checkpoints; starting from step 0")
+        else:
+            what = "a finished run with no checkpoint to resume" if config.resume == "auto" else "a run"
+            raise ConfigError(
+                f"output_dir {str(out)!r} already holds {what}; continue it with --resume auto, "
+                "replace it with --overwrite True, or pass a new --output_dir"
+            )
+        remove_run(out)
+    elif config.resume == "auto":
+        notice(f"--resume auto: no checkpoint in {out}; starting from step 0")
+    out.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
+
+
+def prepare_resumed(out: Path, checkpoint: Path, step: int) -> None:
+    """Make `out` hold exactly the run up to `step`: metrics from the checkpoint, no later
+    checkpoints, no final/ or plot of a continuation that is being redone."""
+    if checkpoint.resolve().parent != (out / "checkpoints").resolve() and holds_run(out):
+        raise ConfigError(
+            f"output_dir {str(out)!r} holds another run; to continue {checkpoint} there, pass a new --output_dir"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
+    clean_leftovers(out / "checkpoints")
+    later = [p for s, p in checkpoint_steps(out / "checkpoints").items() if s > step]
+    for p in later:
+        shutil.rmtree(p)
+    if later:
+        notice(f"removed {len(later)} checkpoint(s) after step {step}: they belong to the run being redone")
+    for name in ("final", "reward_curve.png"):
+        p = out / name
+        if p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    metrics = checkpoint / "metrics.jsonl"
+    text = metrics.read_text() if metrics.is_file() else ""
+    (out / "metrics.jsonl").write_text(text)
+    notice(f"resuming from {checkpoint} at step {step}")
