@@ -171,8 +171,8 @@ def save_checkpoint(
 ) -> None:
     """Write checkpoint `path` atomically, point `latest` at it, prune to `keep_last`.
 
-    On an OSError (a full disk, a lost mount) nothing under a final name changes and a
-    RunStopped says so, naming the previous checkpoint that is still intact."""
+    If the write fails (a full disk, a lost mount) nothing under a final name changes
+    and a RunStopped says so, naming the previous checkpoint that is still intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -191,12 +191,12 @@ def save_checkpoint(
             (tmp / "config.yaml").write_text(config_yaml)
             (tmp / "metrics.jsonl").write_text(metrics_jsonl)
         write_text_atomic(path.parent / LATEST, path.name + "\n")
-    except OSError as err:
+    except Exception as err:  # OSError, or the serializers' own errors wrapping one (a full disk)
         previous = latest_checkpoint(path.parent)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise RunStopped(
-            f"could not write checkpoint {path} ({err.strerror or err}); {kept}; "
-            "free space, then rerun with --resume auto"
+            f"could not write checkpoint {path} ({reason}); {kept}; free space, then rerun with --resume auto"
         ) from err
     prune_checkpoints(path.parent, keep_last)
 
