@@ -21,6 +21,7 @@ import dataclasses
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -42,7 +43,7 @@ from remax.algos import (
 )
 from remax.config import Config, ConfigError, save_config
 from remax.errors import RunStopped
-from remax.data import PromptSampler, encode_prompts, load_jsonl
+from remax.data import PromptSampler, encode_prompts, load_jsonl, validate_prompts
 from remax.models import (
     ValueModel,
     load_causal_lm,
@@ -53,6 +54,7 @@ from remax.models import (
     response_values,
 )
 from remax.models.critic import VALUE_HEAD_FILE
+from remax.models.loading import max_positions
 from remax.rewards import build_reward
 from remax.rollout import Rollout, generate_rollout
 from remax.trainer.evaluate import decode_responses
@@ -71,7 +73,7 @@ from remax.trainer.guards import RewardFailure, SignalGuard, call_reward
 from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_reward_curve
 from remax.trainer.resume import check_same_run, find_checkpoint, notice, prepare_fresh, prepare_resumed
 from remax.trainer.optim import build_optimizer, build_scheduler
-from remax.trainer.validate import resolve_kl, validate_config
+from remax.trainer.validate import fit_context, resolve_kl, validate_config
 
 
 @dataclass
@@ -108,12 +110,17 @@ class Trainer:
         validate_config(config, self.spec, have_policy=policy is not None, have_rows=rows is not None)
         self.kl_placement, self.kl_estimator = resolve_kl(config, self.spec)
         torch.manual_seed(config.train.seed)
-        self.device = resolve_device(config.model.device)
-        self._load_models(policy, tokenizer)
-        self.reward_fn = reward_fn or self._build_reward()
+        self.device = resolve_device(config.model.device)  # a missing GPU: one line, now
+        d = config.data
         if rows is None:
-            rows = load_jsonl(config.data.train_file, config.data.prompt_column)
-        self.sampler = PromptSampler(rows, config.train.batch_size, config.train.seed, config.data.shuffle)
+            rows = load_jsonl(d.train_file, d.prompt_column)
+        self._load_models(policy, tokenizer)
+        # Every prompt is checked and tokenized once, so a bad row (with its file:line) or a
+        # prompt + response longer than the model's context stops the run before anything is written.
+        longest, where = validate_prompts(rows, self.tokenizer, d.prompt_column, d.chat_template)
+        fit_context(config, max_positions(self.policy, self.reference), longest, where)
+        self.reward_fn = reward_fn or self._build_reward()
+        self.sampler = PromptSampler(rows, config.train.batch_size, config.train.seed, d.shuffle)
         self._build_optimizers()
         self.state = RunState()
         self.out = Path(config.output_dir)
@@ -122,21 +129,26 @@ class Trainer:
     # ----------------------------------------------------------------- set-up
     def _load_models(self, policy: Any, tokenizer: Any) -> None:
         m = self.config.model
-        self.tokenizer = tokenizer or load_tokenizer(m.tokenizer or m.policy, trust_remote_code=m.trust_remote_code)
-        if policy is None:
-            policy = load_causal_lm(m.policy, dtype=m.dtype, device=str(self.device), trust_remote_code=m.trust_remote_code)
+        # Custom model code runs only with --model.trust_remote_code True (off by default).
+        load = dict(dtype=m.dtype, device=str(self.device), trust_remote_code=m.trust_remote_code)
+        if policy is None:  # before the tokenizer, so a wrong path is reported as the policy's
+            policy = load_causal_lm(m.policy, kind="policy", flag="--model.policy", **load)
+        self.tokenizer = tokenizer or load_tokenizer(
+            m.tokenizer or m.policy, trust_remote_code=m.trust_remote_code,
+            flag="--model.tokenizer" if m.tokenizer else "--model.policy",
+        )
         # Dropout off everywhere, as TRL and verl do: the log-probs of the loss must be the
         # sampler's, and the KL must not be noise.
         self.policy = policy.to(self.device).eval()
         if m.reference:
-            ref = load_causal_lm(m.reference, dtype=m.dtype, device=str(self.device), trust_remote_code=m.trust_remote_code)
+            ref = load_causal_lm(m.reference, kind="reference model", flag="--model.reference", **load)
             self.reference = make_reference(ref)
         else:
             self.reference = make_reference(self.policy)
         self.critic = None
         if self.spec.needs_critic:
             # A separate trunk: PPO's extra memory is the point of the comparison.
-            critic = ValueModel.from_pretrained(m.critic) if m.critic else ValueModel.from_policy(self.policy)
+            critic = ValueModel.from_pretrained(m.critic, **load) if m.critic else ValueModel.from_policy(self.policy)
             self.critic = critic.to(self.device).eval()
         eos = self.tokenizer.eos_token_id
         if eos is None:
@@ -223,8 +235,10 @@ class Trainer:
             stats = self.update(batch)
         self.state.step += 1
         self._count_nonfinite(stats)
-        for s in self.schedulers.values():
-            s.step()
+        with warnings.catch_warnings():  # a skipped first update (NaN) is not the misuse torch warns of
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for s in self.schedulers.values():
+                s.step()
         step_s = time.perf_counter() - start
         metrics = {"step": self.state.step}
         metrics.update(self._rollout_metrics(rollout, rewards, greedy_rewards, batch))
