@@ -236,7 +236,7 @@ class Trainer:
         self.state.step += 1
         self._count_nonfinite(stats)
         with warnings.catch_warnings():  # a skipped first update (NaN) is not the misuse torch warns of
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
             for s in self.schedulers.values():
                 s.step()
         step_s = time.perf_counter() - start
