@@ -13,9 +13,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from remax.demo.corpus import demo_prompts, kjv_verses
+from remax.demo.pretrain import DEFAULT_STEPS
 
 
 def _default_cache() -> str:
@@ -29,10 +29,8 @@ class DemoConfig:
     """Where the ReMax run writes metrics.jsonl, final/ and reward_curve.png (replaced on each run)."""
     cache_dir: str = _default_cache()
     """Cache of the pretrained model; a second run loads it instead of pretraining."""
-    pretrain_seconds: float = 180.0
-    """Wall-clock budget of the pretraining step."""
-    pretrain_max_steps: Optional[int] = None
-    """Also stop pretraining after this many steps (for quick checks)."""
+    pretrain_steps: int = DEFAULT_STEPS
+    """Pretraining steps (16 rows of 64 tokens each); a fixed count, so every machine gets the same model."""
     algo: str = "remax"
     """Algorithm for the RL step (remax, reinforce, rloo, grpo, ppo)."""
     steps: int = 120
@@ -62,7 +60,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
 
     t0 = time.perf_counter()
     model, tokenizer, info = pretrain_demo_model(
-        cfg.cache_dir, time_budget_s=cfg.pretrain_seconds, max_steps=cfg.pretrain_max_steps, seed=cfg.seed
+        cfg.cache_dir, steps=cfg.pretrain_steps, seed=cfg.seed
     )
     t_pretrain = time.perf_counter() - t0
     train_prompts, eval_prompts = demo_prompts(kjv_verses(), n_train=2048, n_eval=cfg.n_eval, seed=cfg.seed)

@@ -1,5 +1,5 @@
 """Pretrain the demo's policy: a small GPT-2-style LM on the King James Bible, on CPU,
-inside a wall-clock budget, cached on disk so that later demo runs start at once.
+for a fixed number of steps, cached on disk so that later demo runs start at once.
 
 Recipe (nanoGPT-style, shrunk to a few CPU minutes):
 - a byte-level BPE tokenizer trained on the verses (`remax.models.tiny.train_tokenizer`);
@@ -8,17 +8,17 @@ Recipe (nanoGPT-style, shrunk to a few CPU minutes):
 - each training row is a window of `block_size + 1` tokens that *starts at a verse
   start*: generation prompts are verse prefixes with no BOS in front, and rows that
   start the same way train exactly that condition (a verse start at position 0);
-- AdamW, linear warmup then cosine decay, where progress is the larger of
-  `step / max_steps` and `elapsed / budget`, so the schedule ends when time runs out;
+- AdamW, linear warmup then cosine decay over a fixed step count (`DEFAULT_STEPS`), so
+  every machine, fast or busy, trains the same model (up to float rounding);
 - dropout set to 0: a run sees about one epoch of text, and a policy without dropout
   gives the same log-probs in train and eval mode during RL.
 
 The model has `n_positions=64` by default, all of them trained (rows are as long as
 the context): a prompt plus its response must fit in 64 tokens. A verse is 32 tokens
-on average. The budget is wall-clock, so on a busy CPU the model sees fewer steps.
+on average. The step count, not the clock, ends training, so a busy CPU only makes it slower.
 
 The cache directory holds `save_pretrained` output (model and tokenizer) plus
-`info.json`; a key over every setting (budget, seed, sizes, corpus hash) decides
+`info.json`; a key over every setting (steps, seed, sizes, corpus hash) decides
 whether a later call may reuse the cache.
 Results are written to a temporary sibling directory and renamed into place, so a run
 killed midway never leaves a half-written cache.
@@ -42,7 +42,7 @@ from remax.models.loading import load_causal_lm, load_tokenizer
 from remax.models.tiny import tiny_causal_lm, train_tokenizer
 from remax.trainer.checkpoint import atomic_dir, save_pretrained_dir
 
-CACHE_FORMAT = 1  # bump when the recipe changes, so old caches are retrained
+CACHE_FORMAT = 2  # bump when the recipe changes, so old caches are retrained (2: a step count ends training)
 INFO_FILE = "info.json"
 
 # Chosen by runs of equal CPU time (250 CPU-s on 1 thread, about 140 s on 2 cores),
@@ -50,6 +50,9 @@ INFO_FILE = "info.json"
 # 1.459; 4x128 1.475-1.497; 4x96 1.492; 4x128 with vocab 2048 1.519; 3x128 with
 # 128-token rows 1.500. 4x256 and 6x128 reached higher train loss at the same vocab.
 DEFAULT_VOCAB_SIZE = 4096
+# 1500 x 16 rows x 64 tokens = 1.5M tokens, about 1.5 passes over the corpus; at 0.14 CPU-s
+# a step (1 thread) that is 210 CPU-s, what the former 180-s wall-clock budget bought on 2 cores.
+DEFAULT_STEPS = 1500
 DEFAULT_MODEL_KWARGS: dict[str, int] = dict(n_layer=3, n_embd=128, n_head=4, n_positions=64)
 DEFAULT_TRAIN_KWARGS: dict[str, float | int | None] = dict(
     block_size=None,  # tokens per row; None: the model's n_positions, so every position is trained
@@ -66,8 +69,7 @@ LOG_EVERY_S = 10.0
 def pretrain_demo_model(
     cache_dir: str | os.PathLike | None,
     *,
-    time_budget_s: float | None = 150.0,
-    max_steps: int | None = None,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     log: Callable[[str], Any] = print,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
@@ -77,8 +79,8 @@ def pretrain_demo_model(
 ):
     """Pretrain (or load from `cache_dir`) the demo LM; returns `(model, tokenizer, info)`.
 
-    `time_budget_s` bounds the whole call (tokenizer and data included); training also
-    stops after `max_steps` when given. At least one of them must be set.
+    Training runs exactly `steps` optimizer steps (the schedule's length), whatever the
+    machine's speed, so the same settings give the same model everywhere.
     `model_kwargs` overrides `DEFAULT_MODEL_KWARGS` (n_layer, n_embd, n_head,
     n_positions), `train_kwargs` overrides `DEFAULT_TRAIN_KWARGS`, `verses` replaces
     the KJV corpus (tests). With `cache_dir=None` nothing is read or written.
@@ -87,10 +89,10 @@ def pretrain_demo_model(
     settings and `loaded_from_cache`. The model is returned in eval mode, the tokenizer
     pads on the left."""
     t0 = time.perf_counter()
-    if time_budget_s is None and max_steps is None:
-        raise ValueError("set time_budget_s or max_steps (or both)")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     verses = kjv_verses() if verses is None else list(verses)
-    settings = _settings(verses, time_budget_s, max_steps, seed, vocab_size, model_kwargs, train_kwargs)
+    settings = _settings(verses, steps, seed, vocab_size, model_kwargs, train_kwargs)
     key = _settings_key(settings)
 
     if cache_dir is not None:
@@ -108,8 +110,7 @@ def pretrain_demo_model(
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"setup {time.perf_counter() - t0:.1f}s"
     )
-    deadline = None if time_budget_s is None else t0 + time_budget_s
-    stats = train_lm(model, tokens, starts, settings["train"], max_steps, deadline, seed, log)
+    stats = train_lm(model, tokens, starts, settings["train"], steps, seed, log)
     model.eval()
 
     info = dict(
@@ -150,7 +151,7 @@ def sample_batch(tokens: torch.Tensor, starts: torch.Tensor, batch_size: int, bl
 
 def lr_at(step: int, progress: float, cfg: dict) -> float:
     """Linear warmup over `warmup_steps`, then cosine from lr to lr*min_lr_ratio as
-    `progress` (fraction of the step or time budget used) goes from 0 to 1."""
+    `progress` (fraction of the steps done) goes from 0 to 1."""
     peak, floor = cfg["lr"], cfg["lr"] * cfg["min_lr_ratio"]
     if step < cfg["warmup_steps"]:
         return peak * (step + 1) / cfg["warmup_steps"]
@@ -158,24 +159,17 @@ def lr_at(step: int, progress: float, cfg: dict) -> float:
     return floor + (peak - floor) * cos
 
 
-def train_lm(model, tokens, starts, cfg: dict, max_steps, deadline, seed: int, log) -> dict:
-    """Next-token training until `max_steps` or the `deadline` (perf_counter seconds)."""
+def train_lm(model, tokens, starts, cfg: dict, steps: int, seed: int, log) -> dict:
+    """`steps` steps of next-token training on windows drawn with a generator seeded by `seed`."""
     gen = torch.Generator().manual_seed(seed)
     optimizer = _adamw(model, cfg)
     B, T = cfg["batch_size"], cfg["block_size"]
     model.train()
     t_start = last_log = time.perf_counter()
     losses: list[float] = []
-    step = 0
-    while True:
-        now = time.perf_counter()
-        progress = 0.0 if max_steps is None else step / max_steps
-        if deadline is not None:
-            progress = max(progress, (now - t_start) / max(deadline - t_start, 1e-9))
-        if progress >= 1.0:
-            break
+    for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, progress, cfg)
+            group["lr"] = lr_at(step, step / steps, cfg)
         batch = sample_batch(tokens, starts, B, T, gen)  # (B, T+1)
         logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
@@ -184,21 +178,20 @@ def train_lm(model, tokens, starts, cfg: dict, max_steps, deadline, seed: int, l
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         optimizer.step()
         losses.append(round(loss.item(), 4))
-        step += 1
         if time.perf_counter() - last_log >= LOG_EVERY_S:
             last_log = time.perf_counter()
             elapsed = last_log - t_start
             log(
-                f"pretrain step {step} loss {_tail_mean(losses):.3f} lr {group['lr']:.2e} "
-                f"{step * B * T / elapsed:,.0f} tok/s {elapsed:.0f}s"
+                f"pretrain step {step + 1}/{steps} loss {_tail_mean(losses):.3f} lr {group['lr']:.2e} "
+                f"{(step + 1) * B * T / elapsed:,.0f} tok/s {elapsed:.0f}s"
             )
     train_s = time.perf_counter() - t_start
     return dict(
-        steps=step,
-        tokens_seen=step * B * T,
+        steps=steps,
+        tokens_seen=steps * B * T,
         final_loss=_tail_mean(losses),
         train_seconds=round(train_s, 2),
-        tokens_per_s=round(step * B * T / max(train_s, 1e-9), 1),
+        tokens_per_s=round(steps * B * T / max(train_s, 1e-9), 1),
         losses=losses,
     )
 
@@ -226,7 +219,7 @@ def _tail_mean(losses: list[float], n: int = 20) -> float:
     return sum(tail) / len(tail) if tail else float("nan")
 
 
-def _settings(verses, time_budget_s, max_steps, seed, vocab_size, model_kwargs, train_kwargs) -> dict:
+def _settings(verses, steps, seed, vocab_size, model_kwargs, train_kwargs) -> dict:
     model = {**DEFAULT_MODEL_KWARGS, **(model_kwargs or {})}
     train = {**DEFAULT_TRAIN_KWARGS, **(train_kwargs or {})}
     unknown = set(train) - set(DEFAULT_TRAIN_KWARGS)
@@ -240,8 +233,7 @@ def _settings(verses, time_budget_s, max_steps, seed, vocab_size, model_kwargs, 
     return dict(
         format=CACHE_FORMAT,
         corpus=corpus,
-        time_budget_s=time_budget_s,
-        max_steps=max_steps,
+        steps=steps,
         seed=seed,
         vocab_size=vocab_size,
         model=model,

@@ -10,7 +10,7 @@ from remax.cli import main
 def test_remax_demo_runs_and_reuses_its_cache(tmp_path, capsys):
     args = [
         "demo", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run"),
-        "--pretrain_max_steps", "2", "--steps", "2", "--batch_size", "4", "--n_eval", "6",
+        "--pretrain_steps", "2", "--steps", "2", "--batch_size", "4", "--n_eval", "6",
         "--max_new_tokens", "6", "--show", "3",
     ]
     assert main(args) == 0

@@ -20,7 +20,6 @@ TINY = dict(
     vocab_size=300,
     model_kwargs=dict(n_layer=1, n_embd=32, n_head=2, n_positions=32),
     train_kwargs=dict(block_size=16, batch_size=4, warmup_steps=2),
-    time_budget_s=None,
 )
 
 
@@ -58,7 +57,7 @@ def test_windows_start_at_verse_starts(tokenizer):
 def test_cache_written_reused_and_invalidated(tmp_path, verses):
     cache = tmp_path / "demo"
     logs: list[str] = []
-    m1, _, info1 = pretrain_demo_model(cache, max_steps=5, verses=verses, log=logs.append, **TINY)
+    m1, _, info1 = pretrain_demo_model(cache, steps=5, verses=verses, log=logs.append, **TINY)
     assert not info1["loaded_from_cache"] and info1["steps"] == 5
     assert info1["tokens_seen"] == 5 * 4 * 16 and len(info1["losses"]) == 5
     assert (cache / "model.safetensors").is_file() and (cache / "tokenizer.json").is_file()
@@ -67,13 +66,13 @@ def test_cache_written_reused_and_invalidated(tmp_path, verses):
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary dirs left
 
     logs.clear()
-    m2, tok2, info2 = pretrain_demo_model(cache, max_steps=5, verses=verses, log=logs.append, **TINY)
+    m2, tok2, info2 = pretrain_demo_model(cache, steps=5, verses=verses, log=logs.append, **TINY)
     assert info2["loaded_from_cache"] and info2["settings_key"] == info1["settings_key"]
     assert not any("step" in line and "loss" in line for line in logs)  # no training logged
     assert _same_weights(m1, m2)
     assert tok2.padding_side == "left"
 
-    m3, _, info3 = pretrain_demo_model(cache, max_steps=5, seed=1, verses=verses, log=logs.append, **TINY)
+    m3, _, info3 = pretrain_demo_model(cache, steps=5, seed=1, verses=verses, log=logs.append, **TINY)
     assert not info3["loaded_from_cache"] and info3["settings_key"] != info1["settings_key"]
     assert not _same_weights(m1, m3)
     assert json.loads((cache / "info.json").read_text())["settings_key"] == info3["settings_key"]
@@ -82,7 +81,7 @@ def test_cache_written_reused_and_invalidated(tmp_path, verses):
 def test_cached_model_loads_with_auto_classes(tmp_path, verses):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    pretrain_demo_model(tmp_path, max_steps=3, verses=verses, log=lambda s: None, **TINY)
+    pretrain_demo_model(tmp_path, steps=3, verses=verses, log=lambda s: None, **TINY)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert tok.padding_side == "left"
@@ -97,7 +96,7 @@ def test_cached_model_loads_with_auto_classes(tmp_path, verses):
 
 def test_failed_save_keeps_the_old_cache(tmp_path, verses):
     cache = tmp_path / "demo"
-    model, tok, info = pretrain_demo_model(cache, max_steps=2, verses=verses, log=lambda s: None, **TINY)
+    model, tok, info = pretrain_demo_model(cache, steps=2, verses=verses, log=lambda s: None, **TINY)
 
     class BrokenTokenizer:
         def save_pretrained(self, path):
@@ -109,20 +108,39 @@ def test_failed_save_keeps_the_old_cache(tmp_path, verses):
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 
 
-def test_time_budget_stops_training(verses):
-    _, _, info = pretrain_demo_model(
-        None, verses=verses, log=lambda s: None, **dict(TINY, time_budget_s=3.0)
-    )
-    assert info["steps"] > 0
-    assert info["seconds"] < 3.0 + 1.0  # the budget covers setup too; one step past it at most
+def test_step_count_not_the_clock_ends_training(verses):
+    """Same settings, same model: nothing in the recipe depends on how fast the machine is."""
+    _, _, a = pretrain_demo_model(None, steps=6, verses=verses, log=lambda s: None, **TINY)
+    m1, _, b = pretrain_demo_model(None, steps=6, verses=verses, log=lambda s: None, **TINY)
+    m2, _, c = pretrain_demo_model(None, steps=6, verses=verses, log=lambda s: None, **TINY)
+    assert a["steps"] == b["steps"] == 6 and len(a["losses"]) == 6
+    assert a["losses"] == b["losses"] and _same_weights(m1, m2)
+    assert "time_budget_s" not in a["settings"] and a["settings"]["steps"] == 6
+
+
+def test_step_count_is_part_of_the_cache_key(tmp_path, verses):
+    _, _, five = pretrain_demo_model(tmp_path, steps=5, verses=verses, log=lambda s: None, **TINY)
+    _, _, six = pretrain_demo_model(tmp_path, steps=6, verses=verses, log=lambda s: None, **TINY)
+    assert not six["loaded_from_cache"] and six["settings_key"] != five["settings_key"]
+
+
+def test_demo_config_pretrains_the_default_step_count():
+    from remax.demo import DemoConfig
+    from remax.demo.pretrain import DEFAULT_STEPS
+
+    assert DemoConfig().pretrain_steps == DEFAULT_STEPS
+
+
+def test_zero_steps_is_refused():
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        pretrain_demo_model(None, steps=0, verses=["In the beginning"], log=lambda s: None, **TINY)
 
 
 def test_loss_decreases_on_the_real_corpus():
     _, _, info = pretrain_demo_model(
         None,
-        max_steps=40,
-        time_budget_s=None,
-        vocab_size=1024,
+        steps=40,
+            vocab_size=1024,
         model_kwargs=dict(n_layer=1, n_embd=64, n_head=2, n_positions=32),
         train_kwargs=dict(batch_size=16, lr=3e-3, warmup_steps=5),
         log=lambda s: None,
