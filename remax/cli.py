@@ -10,7 +10,11 @@ docstring, so `remax train --help` is always in step with the code.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
+import traceback
 from typing import Callable, Optional, Sequence
 
 from remax.errors import InputError, RemaxError
@@ -48,23 +52,97 @@ def split_config_flag(args: Sequence[str]) -> tuple[Optional[str], list[str]]:
 
 
 def parse_train_args(args: Sequence[str]):
-    """YAML (if --config) then dotted overrides -> Config."""
-    import tyro
-
+    """YAML (if --config) then dotted overrides -> Config. A bad flag is one UsageError line
+    (tyro's own multi-line message is summarised); `--help` prints and exits 0 as usual."""
     from remax.config import Config, load_config
 
     path, rest = split_config_flag(args)
     default = load_config(path) if path else Config()
-    return tyro.cli(
+    return run_tyro(
         Config,
+        rest,
         default=default,
-        args=rest,
         prog="remax train",
         description="Train a policy with remax | reinforce | rloo | grpo | ppo. "
         "Options: --config run.yaml first, then any --section.field VALUE.",
-        use_underscores=True,
-        config=(tyro.conf.FlagConversionOff,),
     )
+
+
+def run_tyro(cls: type, args: Sequence[str], *, prog: str, description: str, default=None):
+    """tyro.cli with its error box (stderr, then exit 2) turned into one UsageError line."""
+    import tyro
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(
+                cls,
+                default=default,
+                args=list(args),
+                prog=prog,
+                description=description,
+                use_underscores=True,
+                config=(tyro.conf.FlagConversionOff,),
+            )
+    except SystemExit as exit_:
+        if not exit_.code:  # --help
+            sys.stderr.write(captured.getvalue())
+            raise
+        raise UsageError(explain_bad_flags(cls, args) or summarise_tyro_error(captured.getvalue())) from None
+
+
+def summarise_tyro_error(text: str) -> str:
+    """tyro's error box -> one line: its message, and the flag it suggests, if any."""
+    lines = [line.strip().strip("│").strip() for line in text.splitlines() if not line.lstrip().startswith(("╭", "╰"))]
+    sections, current = [], []
+    for line in lines:
+        if line.startswith("──") or not line:
+            if current:
+                sections.append(current)
+            current = []
+        else:
+            current.append(line)
+    sections.append(current)
+    sections = [s for s in sections if s and not s[0].startswith(("For full helptext", "Argument helptext"))]
+    message = " ".join(sections[0]).rstrip(".") if sections else "could not parse the command line"
+    for section in sections[1:]:
+        if section[0].startswith("Perhaps you meant"):
+            message += f"; did you mean {section[1].split()[0]}?"
+    return f"{message}; see --help"
+
+
+def explain_bad_flags(cls: type, args: Sequence[str]) -> Optional[str]:
+    """The first bad flag or value in `args` as one line (unknown flag with the closest
+    name, a value of the wrong type, a missing or extra value), or None if none is found."""
+    from remax.config import Config, ConfigError, all_keys, closest, coerce, nearest_key, type_name
+
+    keys = all_keys(cls)
+    args = list(args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            return f"unexpected argument {arg!r}; options look like --section.field VALUE (see --help)"
+        name, eq, inline = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in keys:
+            near = nearest_key(name) if cls is Config else closest(name, keys)
+            hint = f"did you mean --{near}?" if near else "see --help for the options"
+            return f"unknown option --{name}; {hint}"
+        tp = keys[name]
+        want = len(getattr(tp, "__args__", ())) if getattr(tp, "__origin__", None) is tuple else 1
+        values = [inline] if eq else []
+        i += 1
+        while not eq and i < len(args) and not args[i].startswith("--") and len(values) < want:
+            values.append(args[i])
+            i += 1
+        if len(values) < want:
+            return f"--{name} needs {'a value' if want == 1 else f'{want} values'} ({type_name(tp)})"
+        try:
+            coerce(values if want > 1 else values[0], tp, f"--{name}", flag=True)
+        except ConfigError as err:
+            return str(err)
+    return None
 
 
 def cmd_train(args: Sequence[str]) -> int:
@@ -82,17 +160,13 @@ def cmd_train(args: Sequence[str]) -> int:
 
 
 def cmd_demo(args: Sequence[str]) -> int:
-    import tyro
-
     from remax.demo import DemoConfig, run_demo
 
-    config = tyro.cli(
+    config = run_tyro(
         DemoConfig,
-        args=list(args),
+        args,
         prog="remax demo",
         description="Offline ReMax demo: no downloads, a few minutes on a laptop CPU.",
-        use_underscores=True,
-        config=(tyro.conf.FlagConversionOff,),
     )
     run_demo(config)
     return 0
@@ -107,8 +181,14 @@ def cmd_bench(args: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": cmd_train, "bench": cmd_bench, "demo": cmd_demo}
 
 
+def split_debug_flag(argv: Sequence[str]) -> tuple[bool, list[str]]:
+    """Take `--debug` out of the arguments (anywhere); REMAX_DEBUG=1 does the same."""
+    rest = [a for a in argv if a != "--debug"]
+    return len(rest) != len(argv) or os.environ.get("REMAX_DEBUG", "") not in ("", "0"), rest
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = split_debug_flag(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -119,8 +199,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[command](rest)
     except RemaxError as err:
-        print(f"remax {command}: error: {err}", file=sys.stderr)
+        # Bad input and explained stops are one line; --debug (or REMAX_DEBUG=1) adds the
+        # traceback. Anything else is a bug and keeps its traceback.
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(err).split("\n")).strip()
+        print(f"remax {command}: error: {message}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C during training: no new checkpoint
+        if debug:
+            traceback.print_exc()
+        print(f"remax {command}: aborted; checkpoints already written are intact", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

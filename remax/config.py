@@ -9,6 +9,8 @@ authors' scripts (lr 1e-6, KL 0.05, top-p 0.9, 256/256 tokens) unless a field sa
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -191,43 +193,175 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def all_keys(cls: type = None, prefix: str = "") -> dict[str, Any]:
+    """Every leaf option as 'section.field' -> its type (the dotted flag names)."""
+    cls = cls or Config
+    out: dict[str, Any] = {}
+    for name, tp in _field_types(cls).items():
+        path = f"{prefix}{name}"
+        if _is_dataclass_type(tp):
+            out.update(all_keys(tp, path + "."))
+        else:
+            out[path] = tp
+    return out
+
+
+def closest(word: str, choices: typing.Iterable[str]) -> Optional[str]:
+    """The closest of `choices` to `word` (difflib), or None when nothing is close."""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    match = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[match[0]] if match else None
+
+
+def nearest_key(path: str, known_here: Optional[typing.Iterable[str]] = None) -> Optional[str]:
+    """The dotted key an unknown `path` most likely meant: a close name in its own section
+    (`known_here`), the same name in another section ('lr' -> 'train.lr'), or a close
+    dotted name anywhere; None when nothing is close."""
+    section, _, leaf = path.rpartition(".")
+    near = closest(leaf, known_here or [])
+    if near is not None:
+        return (section + "." if section else "") + near
+    keys = list(all_keys())
+    same_leaf = [k for k in keys if k.rpartition(".")[2] == leaf]
+    return same_leaf[0] if same_leaf else closest(path, keys)
+
+
+def type_name(tp: Any) -> str:
+    """How a field's type reads in an error message."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(type_name(a) for a in inner) + " or null"
+    if origin is tuple:
+        return f"a list of {len(args)} numbers" if all(a in (int, float) for a in args) else f"a list of {len(args)}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def coerce(value: Any, tp: Any, name: str, *, flag: bool = False) -> Any:
+    """`value` as field type `tp`, or ConfigError naming `name`, the expected type and the value.
+
+    Numeric strings become numbers where that is unambiguous: PyYAML reads `lr: 1e-6` as
+    the string '1e-6' (YAML 1.1 floats need a dot), and users of TRL / HF configs expect
+    it to work. `flag`: the value came from the command line (a string; bools are
+    True / False and null is None)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def bad(extra: str = "") -> ConfigError:
+        expected = "True or False" if flag and tp is bool else type_name(tp)
+        return ConfigError(f"{name}: expected {expected}, got {value!r}{extra}")
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value in ("None", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            try:
+                return coerce(value, inner[0], name, flag=flag)
+            except ConfigError:
+                raise bad() from None
+        raise bad()
+    if origin is Literal:
+        if value in args and type(value) is type(args[0]):
+            return value
+        near = closest(value, args)
+        raise bad(f"; did you mean {near!r}?" if near is not None else "")
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(coerce(v, a, name, flag=flag) for v, a in zip(value, args))
+        raise bad()
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and (value in ("True", "False") or (not flag and value.lower() in ("true", "false"))):
+            return value.lower() == "true"
+        raise bad()
+    if tp is int:
+        number = _number(value)
+        if number is not None and float(number).is_integer() and not isinstance(number, bool):
+            return int(number)
+        raise bad()
+    if tp is float:
+        number = _number(value)
+        if number is None:
+            raise bad()
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return float(number)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # output_dir: 2024
+        raise bad()
+    return value
+
+
+def _number(value: Any) -> Optional[float | int]:
+    """An int or float from a number or a numeric string ('1e-6', '100'); None if not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    return None
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from nested dicts; unknown keys raise ConfigError."""
+    """Build dataclass `cls` from nested dicts: values are checked (and numeric strings
+    coerced) against the field types; an unknown key or a bad value raises ConfigError."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config section {where or '<root>'!r} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"config section {where or '<root>'!r} must be a mapping of keys to values, got {type(data).__name__}"
+            f" {data!r}"[:200]
+        )
     hints = _field_types(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in known:
-            raise ConfigError(f"unknown config key {path!r}; known keys here: {', '.join(sorted(known))}")
+            near = nearest_key(path, known)
+            hint = f"did you mean {near!r}?" if near else f"known keys here: {', '.join(sorted(known))}"
+            raise ConfigError(f"unknown config key {path!r}; {hint}")
         tp = hints[key]
         if _is_dataclass_type(tp):
-            kwargs[key] = from_dict(tp, value or {}, path)
-        elif isinstance(value, list) and _origin(tp) is tuple:
-            kwargs[key] = tuple(value)
+            kwargs[key] = from_dict(tp, {} if value is None else value, path)
         else:
-            kwargs[key] = value
+            kwargs[key] = coerce(value, tp, path)
     return cls(**kwargs)
 
 
-def _origin(tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return typing.get_origin(args[0]) if len(args) == 1 else None
-    return origin
-
-
 def load_config(path: str | Path) -> Config:
-    """Read a YAML file into a Config (missing keys keep their defaults)."""
+    """Read a YAML file into a Config (missing keys keep their defaults). The YAML is read
+    with yaml.safe_load: nothing in it is run as code."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file to --config")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    return from_dict(Config, data)
+        what = "is a directory" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {str(path)!r} {what}; pass an existing YAML file to --config")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: config file is not UTF-8 text; save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error ({problem}); fix the file (nested keys are indented, 'key: value')") from None
+    try:
+        return from_dict(Config, {} if data is None else data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -19,37 +19,110 @@ class DataError(InputError):
     """Bad prompt data, reported as one line naming the file, the line and the fix."""
 
 
-def load_jsonl(path: str | Path, prompt_column: str = "prompt") -> list[dict[str, Any]]:
-    """Read prompt rows from a JSONL file; every row must hold a string `prompt_column`."""
+class PromptRows(list):
+    """The rows of a prompt file, a plain list of dicts, plus `locations`: 'file:line' of
+    each row, so that a bad row found later (an empty encoding) is reported where it is.
+    The rows themselves gain no columns: the reward function sees exactly the file's."""
+
+    def __init__(self, rows: list[dict[str, Any]] = (), locations: Optional[list[str]] = None):
+        super().__init__(rows)
+        self.locations = list(locations) if locations is not None else [f"row {i}" for i in range(len(self))]
+
+
+# Leading bytes of formats that are often passed by mistake, and how to convert them.
+_MAGIC = {
+    b"PAR1": "a Parquet file",
+    b"\x1f\x8b": "a gzip-compressed file",
+    b"PK\x03\x04": "a zip archive",
+    b"ARROW1": "an Arrow file",
+}
+_CONVERT = ("convert it to JSONL, one {\"prompt\": ...} object per line (e.g. with pandas: "
+            "pd.read_parquet(path).to_json('prompts.jsonl', orient='records', lines=True))")
+
+
+def load_jsonl(path: str | Path, prompt_column: str = "prompt") -> PromptRows:
+    """Read prompt rows from a JSONL file; every row must hold a non-empty string
+    `prompt_column`. Errors name the file and line (a binary or non-UTF-8 file, bad JSON,
+    a missing column) and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"prompt file {str(path)!r} not found; pass a JSONL file with --data.train_file")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}); each line must be one JSON object") from None
-            check_row(row, prompt_column, f"{path}:{lineno}")
-            rows.append(row)
+        what = "is a directory" if path.is_dir() else "not found"
+        raise DataError(f"prompt file {str(path)!r} {what}; pass a JSONL file with --data.train_file")
+    data = path.read_bytes()
+    for magic, what in _MAGIC.items():
+        if data.startswith(magic):
+            raise DataError(f"{path}: {what}, not JSONL text; {_CONVERT}")
+    rows, locations = [], []
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                "save the file as UTF-8 JSONL"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg}); {_json_hint(path, lineno, line)}") from None
+        check_row(row, prompt_column, where)
+        rows.append(row)
+        locations.append(where)
     if not rows:
         raise DataError(f"{path}: no prompts found; add lines like {{\"{prompt_column}\": \"...\"}}")
-    return rows
+    return PromptRows(rows, locations)
+
+
+def _json_hint(path: Path, lineno: int, line: str) -> str:
+    """What a JSON error on this line most likely means."""
+    if lineno == 1 and line.lstrip().startswith("["):
+        return "this looks like one JSON array; write one object per line (JSONL) instead"
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".arrow", ".txt"):
+        return f"a {path.suffix} file is not JSONL; {_CONVERT}"
+    return "each line must be one JSON object"
 
 
 def check_row(row: Any, prompt_column: str, where: str) -> None:
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise DataError(f"{where}: expected a JSON object like {{\"{prompt_column}\": \"...\"}}, got {type(row).__name__}")
     if prompt_column not in row:
         raise DataError(
-            f"{where}: no {prompt_column!r} column (columns: {', '.join(row) or 'none'}); "
+            f"{where}: no {prompt_column!r} column (columns: {', '.join(map(str, row)) or 'none'}); "
             f"rename it or pass --data.prompt_column"
         )
-    if not isinstance(row[prompt_column], str):
-        raise DataError(f"{where}: column {prompt_column!r} must be a string")
+    prompt = row[prompt_column]
+    if not isinstance(prompt, str):
+        raise DataError(f"{where}: column {prompt_column!r} must be a string, got {type(prompt).__name__} {prompt!r}"[:300])
+    if not prompt.strip():
+        raise DataError(f"{where}: empty prompt in column {prompt_column!r}; remove the row or give it text")
+
+
+def validate_prompts(
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    prompt_column: str = "prompt",
+    chat_template: bool = False,
+) -> tuple[int, str]:
+    """Check every row before training (its type, a non-empty prompt that encodes to at
+    least one token) and return (length in tokens, 'file:line') of the longest prompt,
+    for the context-length check. All prompts are tokenized once, in one batched call.
+    Locations come from `rows.locations` (PromptRows from load_jsonl), else 'row i'."""
+    locations = getattr(rows, "locations", None) or [f"row {i}" for i in range(len(rows))]
+    if not rows:
+        raise DataError("no prompt rows given; pass at least one {\"prompt\": ...} row")
+    for row, where in zip(rows, locations):
+        check_row(row, prompt_column, where)
+    texts = prompt_texts(tokenizer, [row[prompt_column] for row in rows], chat_template)
+    encoded = tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
+    lengths = [len(e) for e in encoded]
+    for n, where in zip(lengths, locations):
+        if n == 0:
+            raise DataError(f"{where}: the prompt encodes to zero tokens; remove the row or give it text")
+    longest = max(range(len(rows)), key=lengths.__getitem__)
+    return lengths[longest], locations[longest]
 
 
 class PromptSampler:

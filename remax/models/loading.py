@@ -17,6 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from remax.errors import InputError
+
 T = TypeVar("T")
 
 DTYPES: dict[str, torch.dtype | str] = {
@@ -29,11 +31,51 @@ DTYPES: dict[str, torch.dtype | str] = {
 }
 
 
+class ModelLoadError(InputError, OSError):
+    """A model, tokenizer or device that cannot be had, explained in one line (an OSError
+    too, as from_pretrained's own not-found errors are)."""
+
+
 def resolve_device(device: str) -> torch.device:
-    """Map "auto" to cuda if available, else cpu; anything else to torch.device(device)."""
+    """Map "auto" to cuda if available, else cpu; anything else to torch.device(device),
+    checked to exist here, so a run without the GPU it names stops at start in one line."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N' (--model.device)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available ({why}); "
+                                 "pass --model.device cpu (or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(f"device {device!r} asked for, but only {count} GPU(s) are visible "
+                                 f"(cuda:0 .. cuda:{count - 1}); pass one of those or --model.device auto")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r} asked for, but MPS is not available; pass --model.device cpu (or auto)")
+    return dev
+
+
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def max_positions(*models: torch.nn.Module) -> int | None:
+    """The longest sequence (prompt + response) all of `models` allow, from their configs
+    (max_position_embeddings, n_positions, ...); None when no config names a limit."""
+    limits = []
+    for model in models:
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        for key in POSITION_LIMIT_KEYS:
+            value = getattr(config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                limits.append(value)
+                break
+    return min(limits) if limits else None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -63,28 +105,39 @@ def checked_from_pretrained(
     *,
     required: str | None = None,
     progress_bar: bool = False,
+    flag: str | None = None,
     **kwargs,
 ) -> T:
     """`loader(name_or_path, **kwargs)` (a from_pretrained), a not-found turned into one
     clear line that names the model and says what to pass instead. `required`: a file
-    a local directory must hold (transformers reports a missing config.json puzzlingly).
-    Quiet by default: no weight-loading progress bar unless `progress_bar`."""
+    a local directory must hold (transformers reports a missing config.json puzzlingly);
+    `flag`: the option that named it, quoted in the fix. Failures raise ModelLoadError
+    (an OSError and a remax InputError). Quiet by default: no weight-loading progress bar
+    unless `progress_bar`."""
     name = os.path.expanduser(os.fspath(name_or_path))
-    hint = "pass a local path written by save_pretrained"
+    hint = f"{flag + ': ' if flag else ''}pass a hub id or a local path written by save_pretrained"
     if _looks_like_path(name) and not os.path.isdir(name):
-        raise OSError(f"cannot load {kind} {name!r}: not a local directory (and not a hub id); {hint}")
+        what = "a file, not a directory" if os.path.isfile(name) else "not a local directory (and not a hub id)"
+        raise ModelLoadError(f"cannot load {kind} {name!r}: {what}; {hint}")
     if required and os.path.isdir(name) and not os.path.isfile(os.path.join(name, required)):
-        raise OSError(f"cannot load {kind} {name!r}: a local directory without {required}; {hint}")
+        raise ModelLoadError(f"cannot load {kind} {name!r}: a local directory without {required}; {hint}")
     try:
         with progress_bars(progress_bar):
             return loader(name, **kwargs)
     except OSError as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         where = "a local directory" if os.path.isdir(name) else "not a local directory and not reachable on the hub"
-        raise OSError(f"cannot load {kind} {name!r}: {where} ({reason}); {hint}") from err
+        raise ModelLoadError(f"cannot load {kind} {name!r}: {where} ({_first_line(err)}); {hint}") from err
+    except ValueError as err:  # an unknown model type, custom code not trusted, a bad config.json
+        if "trust_remote_code" in str(err):
+            hint = "it ships its own code; pass --model.trust_remote_code True only if you trust it"
+        raise ModelLoadError(f"cannot load {kind} {name!r} ({_first_line(err)}); {hint}") from err
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False):
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False, flag: str | None = None):
     """AutoTokenizer with left padding (prompts are left-padded for generation).
 
     `padding_side="left"` is passed at construction, not assigned afterwards. If the
@@ -93,11 +146,11 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
     from the prompt attention mask, never from comparing ids with pad."""
     tok = checked_from_pretrained(
         "tokenizer", AutoTokenizer.from_pretrained, name_or_path,
-        padding_side="left", trust_remote_code=trust_remote_code,
+        padding_side="left", trust_remote_code=trust_remote_code, flag=flag,
     )
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ValueError(f"tokenizer {os.fspath(name_or_path)!r} has neither a pad nor an EOS token")
+            raise ModelLoadError(f"tokenizer {os.fspath(name_or_path)!r} has neither a pad nor an EOS token")
         tok.pad_token = tok.eos_token
     return tok
 
@@ -118,17 +171,21 @@ def load_causal_lm(
     device: str = "cpu",
     trust_remote_code: bool = False,
     progress_bar: bool = False,
+    kind: str = "model",
+    flag: str | None = None,
 ):
     """AutoModelForCausalLM from a hub name or a local save_pretrained directory, on
     `device` ("auto" allowed), in `dtype`, with no progress bar on stderr unless
     `progress_bar`. Returned in eval mode (from_pretrained's); the trainer decides
-    when to train."""
+    when to train. `kind` and `flag` name it in errors ("policy", "--model.policy").
+    Custom model code runs only with `trust_remote_code`."""
+    device = resolve_device(device)  # a missing GPU fails before the weights are read
     model = checked_from_pretrained(
-        "model", AutoModelForCausalLM.from_pretrained, name_or_path,
-        required="config.json", progress_bar=progress_bar,
+        kind, AutoModelForCausalLM.from_pretrained, name_or_path,
+        required="config.json", progress_bar=progress_bar, flag=flag,
         dtype=to_torch_dtype(dtype), trust_remote_code=trust_remote_code,
     )
-    return model.to(resolve_device(device))
+    return model.to(device)
 
 
 def make_reference(policy: torch.nn.Module) -> torch.nn.Module:

@@ -43,6 +43,8 @@ class RewardModelReward:
         # Imported here so that `import remax.rewards` does not pull in transformers.
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from remax.models.loading import checked_from_pretrained
+
         if dtype not in _DTYPES:
             raise ValueError(f"reward model dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if batch_size < 1 or max_length < 1:
@@ -50,8 +52,12 @@ class RewardModelReward:
         self.name = str(name_or_path)
         self.device = torch.device(device)
         self.batch_size = batch_size
+        # checked loads: a missing path is one line naming --reward.model, not a hub error
+        model = checked_from_pretrained(
+            "reward model", AutoModelForSequenceClassification.from_pretrained, self.name,
+            required="config.json", flag="--reward.model", dtype=_DTYPES[dtype],
+        )
         self.tokenizer = _load_tokenizer(AutoTokenizer, self.name)
-        model = AutoModelForSequenceClassification.from_pretrained(self.name, dtype=_DTYPES[dtype])
         if model.config.num_labels != 1:
             raise ValueError(
                 f"reward model {self.name!r} has num_labels={model.config.num_labels}; "
@@ -107,7 +113,9 @@ class RewardModelReward:
 
 def _load_tokenizer(auto_tokenizer: Any, name: str) -> Any:
     """The reward model's tokenizer, padding right and truncating left (see module doc)."""
-    tokenizer = auto_tokenizer.from_pretrained(name)
+    from remax.models.loading import checked_from_pretrained
+
+    tokenizer = checked_from_pretrained("reward tokenizer", auto_tokenizer.from_pretrained, name, flag="--reward.model")
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"reward tokenizer {name!r} has neither a pad nor an EOS token to pad with")

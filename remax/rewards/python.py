@@ -129,6 +129,11 @@ def _load_file(path: str, spec: str) -> Any:
     sys.modules[mod_name] = module
     try:
         module_spec.loader.exec_module(module)
+    except SyntaxError as err:  # the file cannot be read as Python: bad input, one line
+        del sys.modules[mod_name]
+        raise ValueError(
+            f"reward function spec {spec!r}: {err.filename or path}:{err.lineno}: SyntaxError: {err.msg}; fix the file"
+        ) from None
     except BaseException:
         del sys.modules[mod_name]
         raise

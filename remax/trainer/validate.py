@@ -3,9 +3,11 @@ setting fails in a second with one line that names the fix."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import warnings
+from typing import Any, Optional
 
-from remax.config import Config, ConfigError
+from remax.config import Config, ConfigError, all_keys
 
 
 def resolve_kl(config: Config, spec: Any) -> tuple[str, str]:
@@ -29,23 +31,90 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
         raise ConfigError("no policy model given; pass --model.policy NAME_OR_PATH (or model.policy in the YAML)")
     if not have_rows and not c.data.train_file:
         raise ConfigError("no prompts given; pass --data.train_file prompts.jsonl (one {\"prompt\": ...} per line)")
+    t, r, L, d, rw = c.train, c.rollout, c.loss, c.data, c.reward
     checks = [
-        (c.train.steps >= 1, "--train.steps must be at least 1"),
-        (c.train.batch_size >= 1, "--train.batch_size must be at least 1"),
-        (c.train.micro_batch_size >= 1, "--train.micro_batch_size must be at least 1"),
-        (c.rollout.temperature > 0, "--rollout.temperature must be > 0 (the greedy baseline is built in; do not set 0)"),
-        (0 < c.rollout.top_p <= 1, "--rollout.top_p must be in (0, 1]"),
-        (c.rollout.top_k >= 0, "--rollout.top_k must be >= 0 (0 turns it off)"),
-        (c.rollout.max_new_tokens >= 1, "--rollout.max_new_tokens must be at least 1"),
-        (c.loss.epochs >= 1 and c.loss.num_minibatches >= 1, "--loss.epochs and --loss.num_minibatches must be >= 1"),
-        (c.loss.num_minibatches <= c.train.batch_size * c.rollout.n_samples,
+        (t.steps >= 1, f"--train.steps must be at least 1, got {t.steps}"),
+        (t.batch_size >= 1, f"--train.batch_size must be at least 1, got {t.batch_size}"),
+        (t.micro_batch_size >= 1, f"--train.micro_batch_size must be at least 1, got {t.micro_batch_size}"),
+        (t.lr > 0, f"--train.lr must be > 0, got {t.lr} (ReMax's default is 1e-6)"),
+        (t.critic_lr > 0, f"--train.critic_lr must be > 0, got {t.critic_lr}"),
+        (t.weight_decay >= 0, f"--train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (all(0 <= b < 1 for b in t.adam_betas), f"--train.adam_betas must both be in [0, 1), got {t.adam_betas}"),
+        (t.grad_clip >= 0, f"--train.grad_clip must be >= 0 (0 turns clipping off), got {t.grad_clip}"),
+        (t.warmup_steps >= 0, f"--train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (t.max_nonfinite_steps >= 1, f"--train.max_nonfinite_steps must be at least 1, got {t.max_nonfinite_steps}"),
+        (r.n_samples >= 1, f"--rollout.n_samples must be at least 1, got {r.n_samples}"),
+        (r.temperature > 0, "--rollout.temperature must be > 0 (the greedy baseline is built in; do not set 0)"),
+        (0 < r.top_p <= 1, f"--rollout.top_p must be in (0, 1], got {r.top_p}"),
+        (r.top_k >= 0, f"--rollout.top_k must be >= 0 (0 turns it off), got {r.top_k}"),
+        (r.max_new_tokens >= 1, f"--rollout.max_new_tokens must be at least 1, got {r.max_new_tokens}"),
+        (d.max_prompt_tokens >= 1, f"--data.max_prompt_tokens must be at least 1, got {d.max_prompt_tokens}"),
+        (rw.batch_size >= 1, f"--reward.batch_size must be at least 1, got {rw.batch_size}"),
+        (rw.max_length >= 1, f"--reward.max_length must be at least 1, got {rw.max_length}"),
+        (rw.timeout_s is None or rw.timeout_s > 0, f"--reward.timeout_s must be > 0 seconds or None, got {rw.timeout_s}"),
+        (rw.max_consecutive_skips >= 1, f"--reward.max_consecutive_skips must be at least 1, got {rw.max_consecutive_skips}"),
+        (L.epochs >= 1 and L.num_minibatches >= 1, "--loss.epochs and --loss.num_minibatches must be >= 1"),
+        (L.num_minibatches <= t.batch_size * r.n_samples,
          "--loss.num_minibatches exceeds the rows per step (batch_size x n_samples); lower it"),
-        (c.loss.advantage_clip is None or c.loss.advantage_clip > 0, "--loss.advantage_clip must be > 0 or None"),
-        (c.loss.kl_coef >= 0, "--loss.kl_coef must be >= 0"),
+        (L.advantage_clip is None or L.advantage_clip > 0, f"--loss.advantage_clip must be > 0 or None, got {L.advantage_clip}"),
+        (L.kl_coef >= 0, f"--loss.kl_coef must be >= 0 (0 turns the KL penalty off), got {L.kl_coef}"),
+        (0 < L.gamma <= 1, f"--loss.gamma must be in (0, 1], got {L.gamma}"),
+        (0 <= L.lam <= 1, f"--loss.lam must be in [0, 1], got {L.lam}"),
+        (L.clip_eps > 0, f"--loss.clip_eps must be > 0, got {L.clip_eps}"),
+        (L.value_clip_eps > 0, f"--loss.value_clip_eps must be > 0, got {L.value_clip_eps}"),
+        (L.vf_coef >= 0, f"--loss.vf_coef must be >= 0, got {L.vf_coef}"),
+        (c.log.save_every >= 0, f"--log.save_every must be >= 0 (0 only writes final/), got {c.log.save_every}"),
+        (c.log.keep_last >= 0, f"--log.keep_last must be >= 0 (0 keeps every checkpoint), got {c.log.keep_last}"),
+        (not (c.resume and c.overwrite),
+         "--resume and --overwrite True contradict each other (resume continues the run in output_dir, "
+         "overwrite deletes it); pass only one of them"),
     ]
+    bad_float = _first_nonfinite(c)
+    if bad_float:
+        raise ConfigError(f"--{bad_float[0]} must be a finite number, got {bad_float[1]}")
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     placement, _ = resolve_kl(c, spec)
     if placement == "reward_to_go" and c.loss.gamma != 1.0:
         raise ConfigError("kl_placement reward_to_go has no discount; pass --loss.gamma 1.0 or --loss.kl_placement token")
+
+
+def _first_nonfinite(config: Config) -> Optional[tuple[str, float]]:
+    """('section.field', value) of the first float option that is NaN or infinite."""
+    for key in all_keys():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                return key, v
+    return None
+
+
+def fit_context(config: Config, limit: Optional[int], longest: int, where: str) -> None:
+    """Stop at start (or, with data.context_overflow=truncate, lower max_prompt_tokens with
+    one warning) when the longest prompt plus max_new_tokens does not fit the model's
+    `limit` positions. `longest`: the longest encoded prompt, found at `where`; prompts
+    are cut to max_prompt_tokens, so only the smaller of the two counts. No limit: no check."""
+    d, new = config.data, config.rollout.max_new_tokens
+    prompt = min(longest, d.max_prompt_tokens)
+    if limit is None or prompt + new <= limit:
+        return
+    room = limit - new
+    if room < 1:
+        raise ConfigError(
+            f"--rollout.max_new_tokens {new} does not fit the policy's context of {limit} positions, "
+            f"with any prompt; lower --rollout.max_new_tokens below {limit}"
+        )
+    numbers = (f"the longest prompt ({where}, {longest} tokens, kept up to --data.max_prompt_tokens "
+               f"{d.max_prompt_tokens}) + --rollout.max_new_tokens {new} = {prompt + new} exceeds the policy's "
+               f"context of {limit} positions")
+    if d.context_overflow == "error":
+        raise ConfigError(
+            f"{numbers}; lower --data.max_prompt_tokens to {room} (prompts keep their last tokens) or "
+            f"--rollout.max_new_tokens to {limit - prompt}, or pass --data.context_overflow truncate"
+        )
+    warnings.warn(f"{numbers}; --data.context_overflow truncate: prompts now keep their last {room} tokens "
+                  f"(data.max_prompt_tokens {d.max_prompt_tokens} -> {room})", stacklevel=2)
+    d.max_prompt_tokens = room

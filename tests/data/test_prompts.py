@@ -67,3 +67,51 @@ def test_encode_prompts_left_pads_and_keeps_the_end(tokenizer):
     assert mask[0].tolist() == [0] * (5 - len(short)) + [1] * len(short)
     assert ids[0, 5 - len(short):].tolist() == short
     assert torch.all(ids[0, : 5 - len(short)] == tokenizer.pad_token_id)
+
+
+def test_load_jsonl_keeps_line_numbers_without_adding_columns(tmp_path):
+    p = write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a", "x": 1}), "", json.dumps({"prompt": "b"})])
+    rows = load_jsonl(p)
+    assert rows == [{"prompt": "a", "x": 1}, {"prompt": "b"}]  # the reward sees only the file's columns
+    assert rows.locations == [f"{p}:1", f"{p}:3"]
+
+
+def test_load_jsonl_rejects_binary_and_non_utf8_files(tmp_path):
+    parquet = tmp_path / "d.parquet"
+    parquet.write_bytes(b"PAR1" + bytes(range(200)) + b"PAR1")
+    with pytest.raises(DataError, match=r"d.parquet: a Parquet file, not JSONL text; convert it to JSONL"):
+        load_jsonl(parquet)
+    latin = tmp_path / "l.jsonl"
+    latin.write_bytes(b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"l.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        load_jsonl(latin)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n')
+    assert load_jsonl(bom) == [{"prompt": "a"}]
+    array = write(tmp_path / "a.json", json.dumps([{"prompt": "a"}], indent=2).splitlines())
+    with pytest.raises(DataError, match="one JSON array; write one object per line"):
+        load_jsonl(array)
+
+
+def test_load_jsonl_rejects_empty_prompts_with_their_line(tmp_path):
+    p = write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a"}), json.dumps({"prompt": "  "})])
+    with pytest.raises(DataError, match=r"p.jsonl:2: empty prompt"):
+        load_jsonl(p)
+
+
+def test_validate_prompts_reports_the_longest_and_zero_token_rows(tokenizer, tmp_path):
+    from remax.data import validate_prompts
+
+    long = "And God said, Let there be light: and there was light."
+    p = write(tmp_path / "p.jsonl", [json.dumps({"prompt": t}) for t in ["Love is", long, "Hi"]])
+    n, where = validate_prompts(load_jsonl(p), tokenizer)
+    assert (n, where) == (len(tokenizer(long)["input_ids"]), f"{p}:2")
+
+    class Drops:  # a tokenizer that encodes one prompt to nothing
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [[] if t == "gone" else [1, 2] for t in texts]}
+
+    with pytest.raises(DataError, match=r"row 1: the prompt encodes to zero tokens"):
+        validate_prompts([{"prompt": "a"}, {"prompt": "gone"}], Drops())
+    with pytest.raises(DataError, match=r"row 0: column 'prompt' must be a string"):
+        validate_prompts([{"prompt": 1}], Drops())

@@ -73,3 +73,31 @@ def test_reference_is_frozen_and_independent(tokenizer, tiny_model):
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_load_errors_are_one_line_input_errors(tmp_path):
+    from remax.errors import InputError
+
+    with pytest.raises(InputError, match=r"cannot load policy .*--model.policy: pass a hub id") as info:
+        load_causal_lm(str(tmp_path / "missing"), kind="policy", flag="--model.policy")
+    assert isinstance(info.value, OSError) and "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resolve_device_without_cuda_is_one_line():
+    from remax.errors import InputError
+
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(InputError, match="CUDA is not available.*--model.device cpu"):
+            resolve_device(device)
+    with pytest.raises(InputError, match="unknown device 'tpu9'"):
+        resolve_device("tpu9")
+
+
+def test_max_positions(tokenizer):
+    from remax.models.loading import max_positions
+    from remax.models.tiny import tiny_causal_lm
+
+    short, long = tiny_causal_lm(tokenizer, n_positions=16), tiny_causal_lm(tokenizer, n_positions=64)
+    assert max_positions(long) == 64 and max_positions(short, long) == 16
+    assert max_positions(torch.nn.Linear(1, 1)) is None  # no config: no limit known
