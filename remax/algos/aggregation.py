@@ -32,32 +32,39 @@ import torch
 from ._registry import Registry
 
 Count = Union[int, float, torch.Tensor]
-# (values (B, T), mask (B, T), num_tokens, num_seqs) -> scalar
-AggFn = Callable[[torch.Tensor, torch.Tensor, Optional[Count], Optional[Count]], torch.Tensor]
+# (values (B, T), mask (B, T), num_tokens, num_seqs, max_len) -> scalar
+AggFn = Callable[[torch.Tensor, torch.Tensor, Optional[Count], Optional[Count], Optional[int]], torch.Tensor]
 
 AGGREGATIONS: Registry[AggFn] = Registry("aggregation mode")
 
 
-def _token_mean(values, mask, num_tokens, num_seqs):
+def _token_mean(values, mask, num_tokens, num_seqs, max_len):
     total = (values * mask).sum()
     denom = mask.sum().clamp(min=1.0) if num_tokens is None else num_tokens
     return total / denom
 
 
-def _seq_mean_token_sum(values, mask, num_tokens, num_seqs):
+def _seq_mean_token_sum(values, mask, num_tokens, num_seqs, max_len):
     total = (values * mask).sum()
     return total / (values.shape[0] if num_seqs is None else num_seqs)
 
 
-def _seq_mean_token_mean(values, mask, num_tokens, num_seqs):
+def _seq_mean_token_mean(values, mask, num_tokens, num_seqs, max_len):
     # max(len, 1): an empty response contributes 0 instead of NaN
     per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
     return per_seq.sum() / (values.shape[0] if num_seqs is None else num_seqs)
 
 
+def _seq_mean_token_sum_norm(values, mask, num_tokens, num_seqs, max_len):
+    # Dr. GRPO: a constant normaliser, so a response's weight does not depend on its length
+    total = (values * mask).sum()
+    return total / ((values.shape[0] if num_seqs is None else num_seqs) * (max_len or values.shape[1]))
+
+
 AGGREGATIONS.register("token_mean", _token_mean)
 AGGREGATIONS.register("seq_mean_token_sum", _seq_mean_token_sum)
 AGGREGATIONS.register("seq_mean_token_mean", _seq_mean_token_mean)
+AGGREGATIONS.register("seq_mean_token_sum_norm", _seq_mean_token_sum_norm)
 
 
 def aggregate(
@@ -67,18 +74,20 @@ def aggregate(
     *,
     num_tokens: Optional[Count] = None,
     num_seqs: Optional[Count] = None,
+    max_len: Optional[int] = None,
 ) -> torch.Tensor:
     """(B, T) values and mask -> scalar, by `agg`:
 
     - token_mean:          sum(v*m) / (num_tokens or sum(m))
     - seq_mean_token_sum:  sum(v*m) / (num_seqs or B)
     - seq_mean_token_mean: sum_i[sum_t (v*m)_i / max(sum_t m_i, 1)] / (num_seqs or B)
+    - seq_mean_token_sum_norm: sum(v*m) / ((num_seqs or B) * (max_len or T))  (Dr. GRPO)
 
     `num_tokens` / `num_seqs` are the global normalisers that make micro-batch losses
     add up to the full-batch loss (see the module docstring). Each mode reads only the
     one that concerns it."""
     fn = AGGREGATIONS.get(agg)
-    return fn(values, mask.to(values.dtype), num_tokens, num_seqs)
+    return fn(values, mask.to(values.dtype), num_tokens, num_seqs, max_len)
 
 
 def masked_mean(

@@ -35,19 +35,22 @@ def policy_gradient_loss(
     *,
     num_tokens: Optional[Count] = None,
     num_seqs: Optional[Count] = None,
+    max_len: Optional[int] = None,
 ) -> torch.Tensor:
     """(B, T) log-probs of the sampled tokens (with grad), (B, T) returns or (B,)
     advantages -> scalar aggregate(-A * logp)."""
     adv = _per_token(advantages).detach()
-    return aggregate(-adv * logprobs, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs)
+    return aggregate(-adv * logprobs, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
 
 
-def _ppo_branches(logprobs, old_logprobs, advantages, clip_eps):
-    """-> (unclipped, clipped) per-token losses, each (B, T)."""
+def _ppo_branches(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high=None):
+    """-> (unclipped, clipped) per-token losses, each (B, T). The ratio is clipped to
+    [1 - clip_eps, 1 + (clip_eps_high or clip_eps)] (DAPO's clip-higher when larger)."""
     adv = _per_token(advantages).detach()
     ratio = torch.exp(logprobs - old_logprobs.detach())  # (B, T)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + high)
     return unclipped, clipped
 
 
@@ -61,13 +64,15 @@ def ppo_clip_loss(
     *,
     num_tokens: Optional[Count] = None,
     num_seqs: Optional[Count] = None,
+    clip_eps_high: Optional[float] = None,
+    max_len: Optional[int] = None,
 ) -> torch.Tensor:
     """PPO's clipped surrogate: aggregate(max(-A*ratio, -A*clamp(ratio, 1-eps, 1+eps)))
     with ratio = exp(logp - old_logp). The max (pessimistic bound) removes the
     incentive to move the ratio outside [1-eps, 1+eps] in the advantage's direction."""
-    unclipped, clipped = _ppo_branches(logprobs, old_logprobs, advantages, clip_eps)
+    unclipped, clipped = _ppo_branches(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high)
     per_token = torch.maximum(unclipped, clipped)  # (B, T)
-    return aggregate(per_token, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs)
+    return aggregate(per_token, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
 
 
 @torch.no_grad()
@@ -77,10 +82,11 @@ def ppo_clip_fraction(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None,
 ) -> torch.Tensor:
     """Scalar fraction of masked tokens where the clipped branch is active (strictly
     larger, hence the one with zero gradient): a metric, no grad."""
-    unclipped, clipped = _ppo_branches(logprobs, old_logprobs, advantages, clip_eps)
+    unclipped, clipped = _ppo_branches(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high)
     return masked_mean((clipped > unclipped).to(unclipped.dtype), response_mask)
 
 
@@ -112,8 +118,9 @@ def kl_loss(
     *,
     num_tokens: Optional[Count] = None,
     num_seqs: Optional[Count] = None,
+    max_len: Optional[int] = None,
 ) -> torch.Tensor:
     """GRPO's KL term: aggregate(kl_penalty(logp, ref_logp, estimator)), gradient
     through `logprobs` (the reference is frozen)."""
     kl = kl_penalty(logprobs, ref_logprobs.detach(), estimator)  # (B, T)
-    return aggregate(kl, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs)
+    return aggregate(kl, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)

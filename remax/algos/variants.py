@@ -1,0 +1,151 @@
+"""The 2025-26 variants users arrive with, as pure tensor math.
+
+Layout as in `advantages`: n consecutive samples per prompt, (B*n,) rewards; per-token
+tensors are (N, T) with a response mask that is 1 on a prefix of each row.
+
+- REINFORCE++ (Hu et al., arXiv 2501.03262, sec. 3): the token-level KL goes into the
+  reward, G_t = sum_{s>=t} (-beta*kl_s) + r (reward-to-go, `returns.token_returns`
+  with kl_placement "reward_to_go"), and the token advantages are whitened over the
+  whole (global) batch: A_t = (G_t - mean(G)) / std(G)  (`masked_whiten`).
+- REINFORCE++-baseline (same paper, sec. 3.3): A_i = (r_i - mean_group(r)) / std_batch(r - mean_group(r)),
+  the group mean subtracted first, then scaled by the std over the whole batch
+  (`reinforce_pp_baseline_advantages`); the KL is a separate k2 loss term.
+- Dr. GRPO (Liu et al., arXiv 2503.20783, eq. 3): A_i = r_i - mean_group(r) with no
+  division by the group std (`group_mean_advantages`), and a length-unbiased
+  normaliser: the token sum divided by (sequences x max response length), a constant
+  (`aggregation` mode "seq_mean_token_sum_norm").
+- DAPO (Yu et al., arXiv 2503.14476): clip-higher, ratio clipped to [1-eps_low,
+  1+eps_high] with eps_high > eps_low (eq. 10; `ppo_clip_loss(clip_eps_high=...)`);
+  token-level loss over the global batch (token_mean); dynamic sampling, which keeps
+  only groups whose rewards are not all equal (`varied_groups`) and refills the batch;
+  overlong reward shaping (eq. 13, `overlong_penalty`).
+- GSPO (Zheng et al., arXiv 2507.18071, eq. 5-7): a sequence-level, length-normalised
+  ratio s_i = exp(mean_t(log pi - log pi_old)) clipped to [1-eps_low, 1+eps_high]
+  (`gspo_loss`).
+- CISPO (MiniMax, arXiv 2506.13585, eq. 4): REINFORCE with the importance weight
+  clipped and detached, -sg(clip(ratio, 1-eps_low, 1+eps_high)) * A * log pi
+  (`cispo_loss`), so every token keeps a gradient.
+- Truncated importance sampling (Yao et al., "Your efficient RL framework secretly
+  brings you off-policy RL training", 2025): when the rollout engine's log-probs differ
+  from the trainer's (vLLM, bf16), weight each token by min(pi_trainer / pi_engine, cap)
+  (`truncated_is_weights`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .advantages import _grouped
+from .aggregation import Count, aggregate, masked_mean
+
+
+# ------------------------------------------------------------ advantages
+def group_mean_advantages(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """Dr. GRPO: (B*n,) -> (B*n,) r - group mean (no std division)."""
+    grouped = _grouped(rewards, n, min_n=2)  # (B, n)
+    return (grouped - grouped.mean(-1, keepdim=True)).reshape(-1)
+
+
+def reinforce_pp_baseline_advantages(rewards: torch.Tensor, n: int, eps: float = 1e-6) -> torch.Tensor:
+    """REINFORCE++-baseline: (B*n,) -> (B*n,) (r - group mean) / (std over the batch of
+    those differences + eps), unbiased std. All-equal rewards give zeros."""
+    centred = group_mean_advantages(rewards, n)  # (B*n,)
+    std = centred.std() if centred.numel() > 1 else centred.new_zeros(())
+    return centred / (std + eps)
+
+
+# --------------------------------------------------------- DAPO helpers
+def varied_groups(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """DAPO's dynamic-sampling filter: (B*n,) -> (B,) bool, True where a prompt's n
+    rewards are not all equal (an all-equal group has zero advantage, no signal)."""
+    grouped = _grouped(rewards, n)  # (B, n)
+    return grouped.amax(-1) > grouped.amin(-1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment, (N,) response lengths -> (N,) added to the reward:
+    0 up to max_len - cache_len, then falling linearly to -1 at max_len, -1 beyond."""
+    if not 0 < cache_len <= max_len:
+        raise ValueError(f"cache_len must be in (0, max_len={max_len}], got {cache_len}")
+    start = max_len - cache_len
+    ramp = (start - lengths.float()) / cache_len  # (N,) <= 0 past start
+    return torch.where(lengths <= start, torch.zeros_like(ramp), ramp.clamp(min=-1.0))
+
+
+# ---------------------------------------------------------------- losses
+def gspo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float = 3e-4,
+    clip_eps_high: Optional[float] = None,
+    *,
+    num_seqs: Optional[Count] = None,
+) -> torch.Tensor:
+    """GSPO: mean over sequences of max(-A_i s_i, -A_i clip(s_i, 1-eps_low, 1+eps_high)),
+    s_i = exp(mean over the response of (logp - old_logp)). (N, T) log-probs, (N,) or
+    (N, T) advantages (a per-token tensor uses its first masked token: GSPO's
+    advantage is per sequence). The gradient is s_i * mean_t grad log pi, as in the
+    paper's eq. 10."""
+    mask = response_mask.to(logprobs.dtype)
+    adv = (advantages if advantages.dim() == 1 else advantages[:, 0]).detach()  # (N,)
+    log_ratio = ((logprobs - old_logprobs.detach()) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (N,)
+    ratio = torch.exp(log_ratio)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    per_seq = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_eps, 1.0 + high))  # (N,)
+    per_seq = per_seq * (mask.sum(-1) > 0)  # an empty response contributes 0
+    return per_seq.sum() / (per_seq.shape[0] if num_seqs is None else num_seqs)
+
+
+def cispo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float = 1.0,
+    clip_eps_high: Optional[float] = 0.28,
+    agg: str = "token_mean",
+    *,
+    num_tokens: Optional[Count] = None,
+    num_seqs: Optional[Count] = None,
+) -> torch.Tensor:
+    """CISPO: aggregate(-sg(clamp(ratio, 1-eps_low, 1+eps_high)) * A * logp). The weight
+    is detached, so a clipped token still has a gradient (unlike PPO's clip, which
+    zeroes it). eps_low=1 leaves the lower side open, as MiniMax-M1 does."""
+    adv = (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages).detach()
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    weight = torch.exp(logprobs.detach() - old_logprobs.detach()).clamp(1.0 - clip_eps, 1.0 + high)  # (N, T)
+    return aggregate(-weight * adv * logprobs, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs)
+
+
+# ------------------------------------------------ training-inference mismatch
+@torch.no_grad()
+def truncated_is_weights(
+    logprobs: torch.Tensor,
+    engine_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    level: str = "token",
+    cap: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(N, T) trainer and rollout-engine log-probs of the sampled tokens -> ((N, T)
+    weights min(pi_trainer / pi_engine, cap), zero outside the mask; stats).
+    level "token": one ratio per token; "sequence": the product over the response,
+    one weight per row broadcast to its tokens. Stats: `rollout/is_weight_mean` (before
+    the cap, masked mean) and `rollout/is_capped_frac`."""
+    mask = response_mask.to(logprobs.dtype)
+    diff = (logprobs - engine_logprobs) * mask  # (N, T)
+    if level == "token":
+        raw = torch.exp(diff)
+    elif level == "sequence":
+        raw = torch.exp(diff.sum(-1, keepdim=True)).expand_as(diff)
+    else:
+        raise ValueError(f"importance-sampling level must be 'token' or 'sequence', got {level!r}")
+    weights = raw.clamp(max=cap) * mask
+    stats = {
+        "rollout/is_weight_mean": float(masked_mean(raw, mask)),
+        "rollout/is_capped_frac": float(masked_mean((raw > cap).to(raw.dtype), mask)),
+    }
+    return weights, stats
