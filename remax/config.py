@@ -339,6 +339,17 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check_types(config: Config) -> None:
+    """Check (and coerce, as for YAML) every option of a Config built in Python, so that
+    `cfg.train.lr = "1e-6"` works and `cfg.train.steps = "two"` is one ConfigError line."""
+    for key, tp in all_keys().items():
+        *sections, leaf = key.split(".")
+        owner = config
+        for part in sections:
+            owner = getattr(owner, part)
+        setattr(owner, leaf, coerce(getattr(owner, leaf), tp, "--" + key))
+
+
 def load_config(path: str | Path) -> Config:
     """Read a YAML file into a Config (missing keys keep their defaults). The YAML is read
     with yaml.safe_load: nothing in it is run as code."""
@@ -357,6 +368,9 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if isinstance(err, yaml.constructor.ConstructorError):  # !!python/... and other tags
+            raise ConfigError(f"{where}: YAML tag not allowed ({problem}); a config holds plain values "
+                              "only and is never run as code") from None
         raise ConfigError(f"{where}: YAML syntax error ({problem}); fix the file (nested keys are indented, 'key: value')") from None
     try:
         return from_dict(Config, {} if data is None else data)

@@ -184,7 +184,7 @@ def test_debug_adds_the_traceback(assets, out, capsys, monkeypatch):
 @pytest.mark.parametrize("flag, value, words", [
     ("train.lr", "0", ["--train.lr must be > 0"]),
     ("train.lr", "-1e-6", ["--train.lr must be > 0"]),
-    ("train.lr", "nan", ["--train.lr must be a finite number"]),
+    ("train.lr", "nan", ["--train.lr: expected a finite number, got nan"]),
     ("train.critic_lr", "0", ["--train.critic_lr must be > 0"]),
     ("rollout.top_p", "1.5", ["--rollout.top_p must be in (0, 1]"]),
     ("rollout.top_p", "0", ["--rollout.top_p must be in (0, 1]"]),
@@ -302,6 +302,7 @@ def test_prompt_plus_response_longer_than_the_context_stops_at_start(assets, out
         "long.jsonl:4", "exceeds the policy's context of 16 positions",
         "lower --data.max_prompt_tokens to 10", "--data.context_overflow truncate",
     )
+    assert "max_new_tokens to -" not in line  # the prompt alone is too long: no such fix offered
     assert re.search(r"\+ --rollout.max_new_tokens 6 = \d+", line)
     untouched(out)
 
@@ -331,7 +332,8 @@ def test_short_prompts_fit_a_short_context_with_default_max_prompt_tokens(assets
 # ------------------------------------------------------------------ 11: safe loading
 def test_yaml_is_never_run_as_code(assets, out, tmp_path, capsys):
     cfg = write(tmp_path / "run.yaml", "output_dir: !!python/object/apply:os.getcwd []\n")
-    one_line_error(capsys, args(assets, out, "--config", str(cfg)), "run.yaml:1:", "YAML syntax error")
+    one_line_error(capsys, args(assets, out, "--config", str(cfg)), "run.yaml:1:", "YAML tag not allowed",
+                   "never run as code")
     untouched(out)
 
 
@@ -372,3 +374,20 @@ def test_tyro_error_box_fallback_is_one_line():
         "╰────────────────────────────────╯",
     ])
     assert summarise_tyro_error(box) == "Unrecognized options: --x.y, 1; did you mean --x.z?; see --help"
+
+
+def test_library_config_values_get_the_same_type_checks(tokenizer, tiny_model, tmp_path):
+    from remax.trainer import Trainer
+
+    def make(**train):
+        cfg = Config(output_dir=str(tmp_path / "x"))
+        cfg.rollout.max_new_tokens = 4  # the tiny model's context is short
+        for k, v in train.items():
+            setattr(cfg.train, k, v)
+        return Trainer(cfg, policy=tiny_model, tokenizer=tokenizer, reward_fn=lambda p, r: [0.0] * len(p),
+                       rows=[{"prompt": "Hi"}] * 8)
+
+    assert make(lr="1e-5").config.train.lr == 1e-5
+    with pytest.raises(ConfigError, match=r"--train.steps: expected an integer, got 'two'"):
+        make(steps="two")
+    assert not (tmp_path / "x").exists()

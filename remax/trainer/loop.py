@@ -58,6 +58,7 @@ from remax.models.loading import max_positions
 from remax.rewards import build_reward
 from remax.rollout import Rollout, generate_rollout
 from remax.trainer.evaluate import decode_responses
+from remax.trainer.diagnostics import baseline_diagnostics
 from remax.trainer.checkpoint import (
     RunState,
     atomic_dir,
@@ -437,6 +438,8 @@ class Trainer:
         }
         if greedy_rewards is not None:
             m["rollout/baseline_reward_mean"] = float(greedy_rewards.mean())
+            # is the greedy baseline working? win rate, corr(r, b), var(r - b) / var(r)
+            m.update(baseline_diagnostics(rewards, greedy_rewards.repeat_interleave(rollout.n)))
         if batch.seq_adv is not None:
             m["adv/mean"] = float(batch.seq_adv.mean())
             m["adv/std"] = float(batch.seq_adv.std()) if len(batch.seq_adv) > 1 else 0.0

@@ -7,7 +7,7 @@ import math
 import warnings
 from typing import Any, Optional
 
-from remax.config import Config, ConfigError, all_keys
+from remax.config import Config, ConfigError, all_keys, check_types
 
 
 def resolve_kl(config: Config, spec: Any) -> tuple[str, str]:
@@ -23,6 +23,7 @@ def resolve_kl(config: Config, spec: Any) -> tuple[str, str]:
 
 def validate_config(config: Config, spec: Any, *, have_policy: bool = False, have_rows: bool = False) -> None:
     c = config
+    check_types(c)  # a Config built in Python gets the YAML file's type checks
     try:
         spec.check_samples(c.rollout.n_samples)
     except ValueError as err:
@@ -111,9 +112,10 @@ def fit_context(config: Config, limit: Optional[int], longest: int, where: str) 
                f"{d.max_prompt_tokens}) + --rollout.max_new_tokens {new} = {prompt + new} exceeds the policy's "
                f"context of {limit} positions")
     if d.context_overflow == "error":
+        fewer_new = f" or --rollout.max_new_tokens to {limit - prompt}" if limit - prompt >= 1 else ""
         raise ConfigError(
-            f"{numbers}; lower --data.max_prompt_tokens to {room} (prompts keep their last tokens) or "
-            f"--rollout.max_new_tokens to {limit - prompt}, or pass --data.context_overflow truncate"
+            f"{numbers}; lower --data.max_prompt_tokens to {room} (prompts keep their last tokens){fewer_new}, "
+            "or pass --data.context_overflow truncate"
         )
     warnings.warn(f"{numbers}; --data.context_overflow truncate: prompts now keep their last {room} tokens "
                   f"(data.max_prompt_tokens {d.max_prompt_tokens} -> {room})", stacklevel=2)
