@@ -1,5 +1,6 @@
 """Metrics: namespaced names (rollout/*, loss/*, kl/*, perf/*), one JSON object per step
-in metrics.jsonl, a stopwatch for the perf/* split, and the reward curve plot."""
+in metrics.jsonl, a stopwatch for the perf/* split, and the reward curve plot (reward
+and KL panels). The other logging backends are in remax/trainer/loggers.py."""
 
 from __future__ import annotations
 
@@ -64,22 +65,34 @@ class MetricsWriter:
             f.write(json.dumps(metrics) + "\n")
 
 
-def plot_reward_curve(history: list[dict[str, float]], path: str | Path, title: str = "") -> None:
-    """reward_curve.png: sampled reward (and the baseline reward where there is one) per step."""
+def reward_curve_figure(history: list[dict[str, float]], title: str = ""):
+    """Two panels over the steps: the sampled reward (and the greedy baseline's where there
+    is one), and the KL to the reference per response token (kl/mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [m["step"] for m in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, ax_kl) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
     ax.plot(steps, [m["rollout/reward_mean"] for m in history], label="sampled reward")
     if history and "rollout/baseline_reward_mean" in history[0]:
         ax.plot(steps, [m["rollout/baseline_reward_mean"] for m in history], label="greedy (baseline) reward")
-    ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax.set_title(title)
     ax.legend()
+    ax_kl.plot(steps, [m.get("kl/mean", float("nan")) for m in history], color="tab:red", label="KL to reference")
+    ax_kl.set_xlabel("step")
+    ax_kl.set_ylabel("KL (nats / token)")
+    ax_kl.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_reward_curve(history: list[dict[str, float]], path: str | Path, title: str = "") -> None:
+    """reward_curve.png: reward panel above a KL panel (`reward_curve_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = reward_curve_figure(history, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
