@@ -26,6 +26,8 @@ Align a causal language model with ReMax (or reinforce, rloo, grpo, ppo).
 commands:
   train   train a policy: remax train --config run.yaml [--section.field VALUE ...]
   bench   benchmarks: remax bench speed | memory | quality (the paper's claims, measured)
+  serve-reward  serve a reward over HTTP for --reward.kind http:
+          remax serve-reward --kind python --function reward.py:score [--port 8000 --token T]
   demo    offline demo: pretrain a tiny GPT-2 on the KJV Bible, then ReMax it
           towards positive sentiment and print a before/after table
 
@@ -131,15 +133,16 @@ def explain_bad_flags(cls: type, args: Sequence[str]) -> Optional[str]:
             return f"unknown option --{name}; {hint}"
         tp = keys[name]
         want = len(getattr(tp, "__args__", ())) if getattr(tp, "__origin__", None) is tuple else 1
+        many = "list[" in str(tp)  # --lora.target_modules a b c: every value up to the next flag
         values = [inline] if eq else []
         i += 1
-        while not eq and i < len(args) and not args[i].startswith("--") and len(values) < want:
+        while not eq and i < len(args) and not args[i].startswith("--") and (many or len(values) < want):
             values.append(args[i])
             i += 1
         if len(values) < want:
             return f"--{name} needs {'a value' if want == 1 else f'{want} values'} ({type_name(tp)})"
         try:
-            coerce(values if want > 1 else values[0], tp, f"--{name}", flag=True)
+            coerce(values if want > 1 or many else values[0], tp, f"--{name}", flag=True)
         except ConfigError as err:
             return str(err)
     return None
@@ -178,7 +181,22 @@ def cmd_bench(args: Sequence[str]) -> int:
     return bench_main(args)
 
 
+def cmd_serve_reward(args: Sequence[str]) -> int:
+    from remax.rewards.server import ServeConfig, serve
+
+    config = run_tyro(
+        ServeConfig,
+        args,
+        prog="remax serve-reward",
+        description="Serve a reward (python | model | vader) over HTTP: POST /score, GET /health. "
+        "Trainers use it with --reward.kind http --reward.url http://HOST:PORT.",
+    )
+    serve(config)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": cmd_train, "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS["serve-reward"] = cmd_serve_reward
 
 
 def split_debug_flag(argv: Sequence[str]) -> tuple[bool, list[str]]:

@@ -21,7 +21,6 @@ import yaml
 
 from remax.errors import InputError
 
-AlgoName = Literal["remax", "reinforce", "rloo", "grpo", "ppo"]
 
 
 @dataclass
@@ -45,9 +44,19 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_file: str = ""
-    """JSONL file, one object per line with a prompt column; other columns go to the reward function."""
+    """Prompts: a .jsonl / .json / .parquet / .csv file, a folder written by datasets' save_to_disk, or a Hugging Face Hub dataset name; other columns go to the reward function."""
     prompt_column: str = "prompt"
-    """Name of the column holding the prompt text."""
+    """Name of the column holding the prompt: a string, or a chat (a list of {role, content} messages, always rendered with the tokenizer's chat template)."""
+    split: str = "train"
+    """Split to read when train_file is a hub name or a saved DatasetDict."""
+    subset: Optional[str] = None
+    """Hub dataset configuration (subset) name, e.g. 'main' for openai/gsm8k."""
+    eval_file: Optional[str] = None
+    """Held-out prompts (any train_file format), never trained on; for `remax eval`."""
+    eval_split: str = "test"
+    """Split of eval_file to read when it is a hub name or a saved DatasetDict."""
+    eval_fraction: float = 0.0
+    """Hold out this share of train_file (seeded by train.seed) instead of an eval_file; 0 holds out nothing."""
     max_prompt_tokens: int = 256
     """Longer prompts keep their last tokens (authors: 256)."""
     chat_template: bool = False
@@ -85,13 +94,43 @@ class RolloutConfig:
 
 
 @dataclass
+class RewardSource:
+    """One term of a reward mix (reward.kind mix): weight * score of a reward of its own kind."""
+
+    name: str = ""
+    """Logged as reward/NAME each step (its unweighted mean over the sampled responses)."""
+    kind: Literal["python", "model", "vader", "http"] = "python"
+    """This source's reward kind."""
+    weight: float = 1.0
+    """Its weight in the sum."""
+    function: Optional[str] = None
+    """For kind=python: 'package.module:function' or 'path/to/file.py:function'."""
+    model: Optional[str] = None
+    """For kind=model: hub name or local path of a reward model."""
+    url: Optional[str] = None
+    """For kind=http: the reward server's address."""
+
+
+@dataclass
 class RewardConfig:
-    kind: Literal["python", "model", "vader"] = "python"
-    """'python' (a function), 'model' (a sequence-classification reward model) or 'vader' (positive sentiment)."""
+    kind: Literal["python", "model", "vader", "http", "mix"] = "python"
+    """'python' (a function), 'model' (a sequence-classification reward model), 'vader' (positive sentiment), 'http' (a `remax serve-reward` server) or 'mix' (a weighted sum of reward.sources)."""
     function: Optional[str] = None
     """For kind=python: 'package.module:function' or 'path/to/file.py:function'."""
     model: Optional[str] = None
     """For kind=model: hub name or local path of an AutoModelForSequenceClassification."""
+    url: Optional[str] = None
+    """For kind=http: the reward server's address, e.g. http://127.0.0.1:8000 (started with `remax serve-reward`)."""
+    token_env: str = "REMAX_REWARD_TOKEN"
+    """For kind=http: the environment variable holding the server's bearer token (the token itself never enters config.yaml)."""
+    request_timeout_s: float = 60.0
+    """For kind=http: seconds one request may take before it is retried."""
+    retries: int = 2
+    """For kind=http: extra attempts after a refused connection, a timeout or a 429 / 502 / 503 / 504, with exponential backoff."""
+    retry_backoff_s: float = 0.5
+    """For kind=http: the first wait between attempts; it doubles after each."""
+    sources: list[RewardSource] = field(default_factory=list)
+    """For kind=mix: the terms of the weighted sum (YAML list of {name, kind, weight, function | model | url})."""
     batch_size: int = 32
     """Reward-model scoring batch size."""
     max_length: int = 1024
@@ -116,10 +155,22 @@ class LossConfig:
     """Discount of the sequence advantage per token from the end (paper: 1.0; authors' code: 0.99)."""
     advantage_clip: Optional[float] = None
     """Clip r - b to [-c, c] (authors' code: 5); off by default."""
-    agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = "token_mean"
-    """How per-token losses become one number: token_mean (mean over all response tokens), seq_mean_token_sum (the paper's Algorithm 1), seq_mean_token_mean; independent of micro-batching."""
-    clip_eps: float = 0.2
-    """PPO/GRPO ratio clip."""
+    agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm", "auto"] = "auto"
+    """How per-token losses become one number: token_mean (mean over all response tokens), seq_mean_token_sum (the paper's Algorithm 1), seq_mean_token_mean, seq_mean_token_sum_norm (Dr. GRPO: / (sequences x max_new_tokens)); independent of micro-batching. 'auto' takes the algorithm's default (token_mean; dr_grpo: seq_mean_token_sum_norm)."""
+    policy_loss: str = "auto"
+    """Policy loss: policy_gradient, ppo_clip, gspo or cispo (remax.algos.POLICY_LOSSES); 'auto' takes the algorithm's. A loss without a ratio (policy_gradient) always takes one update per rollout."""
+    clip_eps: Optional[float] = None
+    """Lower clip of the importance ratio (PPO/GRPO/DAPO: 0.2; GSPO: 3e-4; CISPO: 1.0, i.e. open); None takes the algorithm's."""
+    clip_eps_high: Optional[float] = None
+    """Upper clip (DAPO's clip-higher: 0.28; GSPO: 4e-4); None takes the algorithm's, else clip_eps."""
+    overlong_buffer: Optional[float] = None
+    """DAPO's soft overlong penalty: over the last this share of max_new_tokens the reward ramps down to -1 (dapo: 0.2); 0 turns it off; None takes the algorithm's."""
+    refill_max_batches: int = 4
+    """Dynamic sampling (dapo): at most this many extra prompt batches are drawn per step to replace groups whose rewards are all equal."""
+    tis: Literal["auto", "off", "token", "sequence"] = "auto"
+    """Truncated importance sampling on the rollout engine's log-probs (training-inference mismatch): 'auto' is token-level when the backend gives engine log-probs (vLLM) and off when it does not (HF generate)."""
+    tis_cap: float = 2.0
+    """Cap C of the truncated IS weight min(pi_trainer / pi_engine, C)."""
     epochs: int = 1
     """PPO/GRPO: passes over each rollout batch (on-policy algorithms always do one)."""
     num_minibatches: int = 1
@@ -172,12 +223,38 @@ class LogConfig:
     """Write reward_curve.png at the end."""
     keep_last: int = 0
     """Keep only the newest this-many checkpoints; 0 keeps all."""
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])
+    """Logging backends (a list, or comma-separated): jsonl (always on: metrics.jsonl, samples.jsonl), tensorboard (output_dir/tensorboard; pip install 'remax[tensorboard]'), wandb (pip install 'remax[wandb]')."""
+    samples_every: int = 10
+    """Every this many steps, log a table of prompts / sampled / greedy responses / rewards (samples.jsonl and the backends); 0 turns it off."""
+    samples_rows: int = 8
+    """Rows in each samples table (the batch's first sampled responses); 0 logs them all."""
+    wandb_project: str = "remax"
+    """wandb project name."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """wandb mode: offline needs no account (upload later with `wandb sync`); online needs `wandb login`."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (Hu et al., arXiv 2106.09685) through peft; r = 0 (the default) trains every weight."""
+
+    r: int = 0
+    """LoRA rank; 0 turns LoRA off. With r > 0 only the adapters train, and pi_ref is the same base with the adapters switched off (no second copy of the weights)."""
+    alpha: float = 32.0
+    """LoRA alpha: the adapters' update is scaled by alpha / r."""
+    target_modules: Optional[list[str]] = None
+    """Modules to adapt, by name or name suffix (e.g. q_proj v_proj), or all-linear; None takes peft's default for the architecture (GPT-2: c_attn)."""
+    dropout: float = 0.0
+    """LoRA dropout, written to adapter_config.json; the trainer runs the policy with dropout off (the loss must see the sampler's log-probs), so it only acts in a later fine-tune of the saved adapter."""
+    save_merged: bool = False
+    """Also write final/merged/: the base with the adapters merged in, loadable with AutoModelForCausalLM.from_pretrained."""
 
 
 @dataclass
 class Config:
-    algo: AlgoName = "remax"
-    """Algorithm: remax (greedy baseline), reinforce (none), rloo, grpo or ppo (learned critic)."""
+    algo: str = "remax"
+    """Algorithm, a name in remax.algos.list_algorithms(): remax (greedy baseline), reinforce, rloo, grpo, ppo (learned critic), reinforce_pp, reinforce_pp_baseline, dr_grpo, dapo, gspo, cispo; the list above says where each comes from."""
     output_dir: str = "runs/remax"
     """Where config.yaml, metrics.jsonl, checkpoints/, final/ and reward_curve.png go."""
     overwrite: bool = False
@@ -191,10 +268,23 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 class ConfigError(InputError):
     """A configuration problem, reported as one line that names the fix."""
+
+
+def check_algo(name: Any, where: str = "--algo") -> str:
+    """`name` if it is a registered algorithm, else ConfigError with the closest name."""
+    from remax.algos import list_algorithms  # the registry: specs registered at run time count
+
+    known = list_algorithms()
+    if name in known:
+        return name
+    near = closest(name, known)
+    hint = f"did you mean {near!r}?" if near else f"choose one of: {', '.join(known)}"
+    raise ConfigError(f"{where}: unknown algorithm {name!r}; {hint}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -248,6 +338,8 @@ def type_name(tp: Any) -> str:
         return " or ".join(type_name(a) for a in inner) + " or null"
     if origin is tuple:
         return f"a list of {len(args)} numbers" if all(a in (int, float) for a in args) else f"a list of {len(args)}"
+    if origin is list:
+        return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(args[0] if args else None, "values")
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -283,6 +375,16 @@ def coerce(value: Any, tp: Any, name: str, *, flag: bool = False) -> Any:
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(coerce(v, a, name, flag=flag) for v, a in zip(value, args))
         raise bad()
+    if origin is list and args and _is_dataclass_type(args[0]):  # reward.sources: a list of mappings
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list of mappings (YAML '- key: value' items), got {value!r}"[:200])
+        return [_coerce_item(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is list:
+        if isinstance(value, str):  # YAML `key: a` or a flag `a,b`: a one-word or comma-separated list
+            value = [v for v in value.replace(",", " ").split()]
+        if isinstance(value, (list, tuple)):
+            return [coerce(v, args[0], name, flag=flag) for v in value] if args else list(value)
+        raise bad()
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -308,6 +410,13 @@ def coerce(value: Any, tp: Any, name: str, *, flag: bool = False) -> Any:
             return str(value)  # output_dir: 2024
         raise bad()
     return value
+
+
+def _coerce_item(value: Any, cls: type, name: str) -> Any:
+    """One dataclass item of a list option, from a mapping (YAML) or an instance (Python)."""
+    if isinstance(value, cls):
+        value = dataclasses.asdict(value)
+    return from_dict(cls, value, name)
 
 
 def _number(value: Any) -> Optional[float | int]:
@@ -360,11 +469,13 @@ def check_types(config: Config) -> None:
         for part in sections:
             owner = getattr(owner, part)
         setattr(owner, leaf, coerce(getattr(owner, leaf), tp, "--" + key))
+    check_algo(config.algo)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a YAML file into a Config (missing keys keep their defaults). The YAML is read
-    with yaml.safe_load: nothing in it is run as code."""
+def load_config(path: str | Path, base: Optional[dict[str, Any]] = None) -> Config:
+    """Read a YAML file into a Config (missing keys keep their defaults, or the values in
+    the nested dict `base`, e.g. a preset's). The YAML is read with yaml.safe_load:
+    nothing in it is run as code."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "not found"
@@ -385,9 +496,21 @@ def load_config(path: str | Path) -> Config:
                               "only and is never run as code") from None
         raise ConfigError(f"{where}: YAML syntax error ({problem}); fix the file (nested keys are indented, 'key: value')") from None
     try:
-        return from_dict(Config, {} if data is None else data)
+        config = from_dict(Config, merge_dicts(base or {}, {} if data is None else data))
+        check_algo(config.algo, "algo")
+        return config
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def merge_dicts(base: dict[str, Any], over: Any) -> Any:
+    """`over` laid on `base`, section by section (nested dicts merge, other values replace)."""
+    if not isinstance(over, dict):
+        return over
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = merge_dicts(base[key], value) if isinstance(base.get(key), dict) else value
+    return merged
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -17,16 +17,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
+from remax.models.lora import is_peft_model, merged_copy
 from remax.models.loading import checked_from_pretrained, progress_bars, resolve_device, to_torch_dtype
 from remax.rollout.generate import model_inputs
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-def _trunk_of(policy: nn.Module) -> nn.Module:
-    """The transformer trunk of a causal LM (GPT-2: `.transformer`), unwrapping PEFT."""
-    model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    return model.base_model
+def _plain_trunk_copy(policy: nn.Module) -> nn.Module:
+    """A copy of the causal LM's transformer trunk (GPT-2: `.transformer`). A policy with
+    LoRA adapters gives its merged weights (W + scale * B A) as plain modules: the critic
+    trains all of its own weights and holds no adapters."""
+    if is_peft_model(policy):
+        return merged_copy(policy).base_model
+    return copy.deepcopy(policy.base_model)
 
 
 class ValueModel(nn.Module):
@@ -45,8 +49,9 @@ class ValueModel(nn.Module):
     @classmethod
     def from_policy(cls, policy: nn.Module) -> "ValueModel":
         """A critic initialised from the policy's trunk: a deep copy, so no parameter is
-        shared with the policy; all of its parameters train, whatever the policy froze."""
-        trunk = copy.deepcopy(_trunk_of(policy))
+        shared with the policy; all of its parameters train, whatever the policy froze
+        (with LoRA: the base trunk with the adapters merged in, no adapters of its own)."""
+        trunk = _plain_trunk_copy(policy)
         trunk.requires_grad_(True)
         return cls(trunk).train(policy.training)
 

@@ -1,8 +1,8 @@
 """Loading the policy, its tokenizer and the frozen reference policy pi_ref.
 
 ReMax (Li et al., arXiv 2310.10505) needs exactly two copies of the LM: the policy
-pi_theta being trained and a frozen pi_ref (the starting model) for the KL penalty.
-PPO adds a critic (see `critic.py`). Everything here is a thin, explicit layer over
+pi_theta being trained and a frozen pi_ref (the starting model) for the KL penalty;
+with LoRA one copy serves both (see `lora.py`). PPO adds a critic (see `critic.py`). Everything here is a thin, explicit layer over
 `transformers` Auto classes so that a failure names the model and says what to do.
 """
 
@@ -188,9 +188,18 @@ def load_causal_lm(
     return model.to(device)
 
 
-def make_reference(policy: torch.nn.Module) -> torch.nn.Module:
-    """A frozen, independent copy of `policy` to serve as pi_ref: separate parameters
-    (later policy updates do not reach it), eval mode, requires_grad False."""
+def make_reference(policy: torch.nn.Module):
+    """pi_ref for `policy`, frozen: later policy updates do not reach it.
+
+    A policy with fresh LoRA adapters (a peft model whose adapters add nothing yet) gets
+    `remax.models.lora.AdaptersOff`: the same base with its adapters switched off, so no
+    second copy of the weights is held (see `lora_reference` for trained adapters). Any
+    other policy gets an independent deep copy (eval mode, requires_grad False). Either
+    way the loop calls `response_logprobs` on what is returned."""
+    from remax.models.lora import is_peft_model, lora_reference
+
+    if is_peft_model(policy):
+        return lora_reference(policy)
     ref = copy.deepcopy(policy)
     ref.eval()
     ref.requires_grad_(False)

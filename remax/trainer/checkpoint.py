@@ -1,7 +1,9 @@
 """Checkpoints: everything a run needs to continue bit-for-bit, written atomically.
 
 A checkpoint `checkpoints/step-N/` holds
-- `policy/`: model + tokenizer as safetensors, loadable with from_pretrained;
+- `policy/`: model + tokenizer as safetensors, loadable with from_pretrained; with LoRA
+  the adapter only (`adapter_model.safetensors`: the base is frozen and re-read from
+  model.policy on resume), loadable with peft.PeftModel.from_pretrained;
 - `critic/`: PPO's value model (trunk + `value_head.safetensors`);
 - `trainer_state.pt`: optimizer and scheduler states and the RunState (step, sampler
   epoch and position, every RNG, run counters), plain tensors and Python containers
@@ -144,10 +146,11 @@ def clean_leftovers(directory: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------- saving
-def save_pretrained_dir(model: Any, tokenizer: Any, path: Path) -> None:
-    """Model and tokenizer side by side, as AutoModel*/AutoTokenizer.from_pretrained expect."""
+def save_pretrained_dir(model: Any, tokenizer: Any, path: Path, state_dict: Optional[dict[str, Any]] = None) -> None:
+    """Model and tokenizer side by side, as AutoModel*/AutoTokenizer.from_pretrained expect.
+    `state_dict`: consolidated weights of a sharded model (FSDP, ZeRO-3), saved instead of its own."""
     with progress_bars(False):  # no "Writing model shards" bar in the middle of the training bar
-        model.save_pretrained(path)
+        model.save_pretrained(path, **({} if state_dict is None else {"state_dict": state_dict}))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
@@ -243,6 +246,18 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     except Exception as err:  # truncated zip, wrong format, unsafe pickle: all "corrupt" to a user
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise InputError(f"checkpoint {str(path)!r} is corrupt ({STATE_FILE}: {reason}); {hint}") from None
+
+
+def load_policy_into(policy: torch.nn.Module, directory: Path) -> None:
+    """The policy's trained weights from checkpoint `directory` (its policy/), bit for bit:
+    with LoRA the adapters only (the frozen base was loaded from model.policy, unchanged),
+    otherwise every weight."""
+    from remax.models.lora import is_peft_model, load_adapter_into
+
+    if is_peft_model(policy):
+        load_adapter_into(policy, directory)
+    else:
+        load_safetensors_into(policy, directory)
 
 
 def load_safetensors_into(module: torch.nn.Module, directory: Path, only: Optional[str] = None, skip: str = "") -> None:

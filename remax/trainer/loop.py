@@ -33,14 +33,12 @@ from remax.algos import (
     get_algorithm,
     kl_loss,
     kl_penalty,
-    policy_gradient_loss,
-    ppo_clip_fraction,
-    ppo_clip_loss,
     ppo_token_rewards,
     token_returns,
     value_loss,
 )
-from remax.config import Config, ConfigError, save_config
+from remax.algos.variants import apply_truncated_is
+from remax.config import Config, ConfigError, check_algo, save_config
 from remax.errors import RunStopped
 from remax.data import PromptSampler, encode_prompts, load_splits, validate_prompts
 from remax.models import (
@@ -78,7 +76,8 @@ from remax.trainer.loggers import LoggerGroup, open_loggers, parse_report_to, ro
 from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_reward_curve
 from remax.trainer.resume import check_same_run, find_checkpoint, notice, prepare_fresh, prepare_resumed
 from remax.trainer.optim import build_optimizer, build_scheduler
-from remax.trainer.validate import fit_context, resolve_kl, validate_config
+from remax.trainer.batch_fill import fill_batch, shape_rewards
+from remax.trainer.validate import fit_context, overlong_buffer_tokens, resolve_kl, resolve_loss, validate_config
 
 
 @dataclass
@@ -113,9 +112,10 @@ class Trainer:
         backend: Any = None,
     ) -> None:
         self.config = config
-        self.spec = get_algorithm(config.algo)
+        self.spec = get_algorithm(check_algo(config.algo))
         validate_config(config, self.spec, have_policy=policy is not None, have_rows=rows is not None)
         self.kl_placement, self.kl_estimator = resolve_kl(config, self.spec)
+        self.policy_loss, self.loss_params = resolve_loss(config, self.spec)  # a PolicyLoss and its scalars
         torch.manual_seed(config.train.seed)
         self.dist = make_dist(config)  # one process: a no-op; several (accelerate launch): DDP / FSDP / DeepSpeed
         self.device = self.dist.device(resolve_device(config.model.device))  # a missing GPU: one line, now
@@ -261,9 +261,11 @@ class Trainer:
             rollout = self.rollout(rows)
         with sw("score"):
             rewards, greedy_rewards = self.score(rows, rollout)
+        with sw("fill"):  # the spec's group filter with refill (DAPO) and reward shaping; else a pass-through
+            filled = self.fill(rollout, rewards, greedy_rewards)
         self.samples = self._samples(rows, rollout, rewards, greedy_rewards)
         with sw("prepare"):
-            batch = self.prepare(rollout.sampled(), rewards, greedy_rewards)
+            batch = self.prepare(filled.samples, filled.rewards, filled.greedy_rewards)
         lr = self.schedulers["policy"].get_last_lr()[0]  # the rate this step's update uses
         with sw("update"):
             stats = self.update(batch)
@@ -275,7 +277,8 @@ class Trainer:
                 s.step()
         step_s = time.perf_counter() - start
         metrics = {"step": self.state.step}
-        metrics.update(self._rollout_metrics(rollout, rewards, greedy_rewards, batch))
+        metrics.update(self._rollout_metrics(filled.samples, filled.rewards, filled.greedy_rewards, batch))
+        metrics.update(filled.stats)
         metrics.update(source_metrics(self.reward_fn, len(rewards)))  # reward/NAME of a mix's sources
         metrics.update(synced)
         metrics.update(stats)
