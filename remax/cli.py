@@ -28,6 +28,8 @@ commands:
   bench   benchmarks: remax bench speed | memory | quality (the paper's claims, measured)
   serve-reward  serve a reward over HTTP for --reward.kind http:
           remax serve-reward --kind python --function reward.py:score [--port 8000 --token T]
+  eval    compare a policy with a reference on held-out prompts:
+          remax eval --policy PATH --reference PATH --data FILE --reward.kind vader
   demo    offline demo: pretrain a tiny GPT-2 on the KJV Bible, then ReMax it
           towards positive sentiment and print a before/after table
 
@@ -197,6 +199,23 @@ def cmd_serve_reward(args: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": cmd_train, "bench": cmd_bench, "demo": cmd_demo}
 COMMANDS["serve-reward"] = cmd_serve_reward
+
+
+def cmd_eval(args: Sequence[str]) -> int:
+    from remax.eval import EvalConfig, run_eval
+
+    config = run_tyro(
+        EvalConfig,
+        args,
+        prog="remax eval",
+        description="A policy against a reference (or two policies) on held-out prompts: rewards, "
+        "win rate with a Wilson interval, KL per token, lengths, a side-by-side samples file.",
+    )
+    run_eval(config)
+    return 0
+
+
+COMMANDS["eval"] = cmd_eval
 
 
 def split_debug_flag(argv: Sequence[str]) -> tuple[bool, list[str]]:

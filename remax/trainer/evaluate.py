@@ -1,17 +1,18 @@
 """Scores a policy on held-out prompts: mean reward of sampled and of greedy responses.
 Generation goes through the same `generate_rollout` as training (one call: sampled and
-greedy rows together), and scoring through the same reward call."""
+greedy rows together), and scoring through the same reward call. The sampled rows' tokens
+are kept, so that `remax eval` (remax/eval.py) can score them under a reference too."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 
 from remax.data import encode_prompts
 from remax.rewards.base import as_reward_tensor
-from remax.rollout import generate_rollout
+from remax.rollout import Rollout, generate_rollout
 
 
 @dataclass
@@ -21,6 +22,9 @@ class EvalResult:
     greedy: list[str]  # the greedy response per prompt
     sampled_rewards: torch.Tensor  # (B,)
     greedy_rewards: torch.Tensor  # (B,)
+    sampled_lengths: Optional[torch.Tensor] = None  # (B,) response tokens, up to and including EOS
+    greedy_lengths: Optional[torch.Tensor] = None  # (B,)
+    samples: list[Rollout] = field(default_factory=list)  # the sampled rows, one Rollout per batch
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -48,19 +52,21 @@ def evaluate(
     batch_size: int = 32,
     max_prompt_tokens: int = 256,
     seed: int | None = 0,
+    extra: Optional[dict[str, list[Any]]] = None,
 ) -> EvalResult:
     """One sampled and one greedy response per prompt, scored in one reward call.
-    `seed` fixes the sampled responses (the global RNG is left as it was); None: unseeded."""
+    `seed` fixes the sampled responses (the global RNG is left as it was); None: unseeded.
+    `extra`: the rows' other columns, one list per column, passed to the reward as in training."""
     with torch.random.fork_rng():
         if seed is not None:
             torch.manual_seed(seed)
         return _evaluate(policy, tokenizer, prompts, reward_fn, max_new_tokens, temperature, top_p,
-                         batch_size, max_prompt_tokens)
+                         batch_size, max_prompt_tokens, extra or {})
 
 
 def _evaluate(policy, tokenizer, prompts, reward_fn, max_new_tokens, temperature, top_p, batch_size,
-              max_prompt_tokens) -> EvalResult:
-    sampled, greedy = [], []
+              max_prompt_tokens, extra) -> EvalResult:
+    sampled, greedy, lengths, samples = [], [], [], []
     device = next(policy.parameters()).device
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
@@ -71,5 +77,13 @@ def _evaluate(policy, tokenizer, prompts, reward_fn, max_new_tokens, temperature
         texts = decode_responses(tokenizer, ro.response_ids, ro.response_mask)
         sampled += texts[: len(chunk)]
         greedy += texts[len(chunk) :]
-    scores = as_reward_tensor(reward_fn(prompts + prompts, sampled + greedy), 2 * len(prompts), "reward")
-    return EvalResult(prompts, sampled, greedy, scores[: len(prompts)], scores[len(prompts) :])
+        lengths.append(ro.response_mask.sum(-1).cpu())  # (2b,) sampled rows, then greedy rows
+        samples.append(ro.sampled())
+    both = {k: list(v) + list(v) for k, v in extra.items()}
+    scores = as_reward_tensor(reward_fn(prompts + prompts, sampled + greedy, **both), 2 * len(prompts), "reward")
+    b = len(prompts)
+    per_chunk = [(n[: len(n) // 2], n[len(n) // 2 :]) for n in lengths]
+    return EvalResult(prompts, sampled, greedy, scores[:b], scores[b:],
+                      sampled_lengths=torch.cat([s for s, _ in per_chunk]) if per_chunk else torch.zeros(0),
+                      greedy_lengths=torch.cat([g for _, g in per_chunk]) if per_chunk else torch.zeros(0),
+                      samples=samples)
