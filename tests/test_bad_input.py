@@ -80,10 +80,30 @@ def write(path: Path, text: str) -> Path:
 
 
 # ------------------------------------------------------------------ 1, 2: data formats
-def test_parquet_file_is_not_jsonl(assets, out, tmp_path, capsys):
+def test_valid_parquet_file_trains(assets, tmp_path, capsys):
+    import pandas as pd
+
+    data = tmp_path / "train.parquet"
+    pd.DataFrame({"prompt": GOOD, "answer": [str(i) for i in range(len(GOOD))]}).to_parquet(data)
+    run = tmp_path / "run"
+    assert main(args(assets, run, data__train_file=str(data))) == 0, capsys.readouterr().err
+    assert (run / "final" / "config.json").is_file()
+
+
+def test_corrupt_parquet_file_is_one_line(assets, out, tmp_path, capsys):
     data = tmp_path / "train.parquet"
     data.write_bytes(b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x00\x00" + bytes(range(256)) + b"PAR1")
-    one_line_error(capsys, args(assets, out, data__train_file=str(data)), "train.parquet", "Parquet", "convert it to JSONL")
+    one_line_error(capsys, args(assets, out, data__train_file=str(data)), "train.parquet", "cannot be read as parquet")
+    untouched(out)
+
+
+def test_parquet_file_without_the_prompt_column_is_one_line(assets, out, tmp_path, capsys):
+    import pandas as pd
+
+    data = tmp_path / "train.parquet"
+    pd.DataFrame({"text": GOOD}).to_parquet(data)
+    one_line_error(capsys, args(assets, out, data__train_file=str(data)), "train.parquet", "no 'prompt' column",
+                   "columns: text", "--data.prompt_column")
     untouched(out)
 
 

@@ -1,7 +1,10 @@
 """Prompt datasets: JSONL rows in, seeded batches of rows out, left-padded token ids.
 
 A row is a dict with a prompt column; every other column is passed through to the
-reward function by name (e.g. a reference `answer`)."""
+reward function by name (e.g. a reference `answer`). A prompt is a string, or a chat:
+a list of {"role", "content"} messages, which always goes through the tokenizer's chat
+template (with the generation prompt) and reaches the reward as the list itself, as in
+TRL's conversational datasets. Other formats: `remax.data.sources`."""
 
 from __future__ import annotations
 
@@ -94,10 +97,26 @@ def check_row(row: Any, prompt_column: str, where: str) -> None:
             f"rename it or pass --data.prompt_column"
         )
     prompt = row[prompt_column]
+    if isinstance(prompt, list):
+        _check_chat(prompt, prompt_column, where)
+        return
     if not isinstance(prompt, str):
-        raise DataError(f"{where}: column {prompt_column!r} must be a string, got {type(prompt).__name__} {prompt!r}"[:300])
+        raise DataError(f"{where}: column {prompt_column!r} must be a string, got {type(prompt).__name__} "
+                        f"{prompt!r} (a chat prompt is a list of {{role, content}} messages)"[:300])
     if not prompt.strip():
         raise DataError(f"{where}: empty prompt in column {prompt_column!r}; remove the row or give it text")
+
+
+def _check_chat(messages: list, prompt_column: str, where: str) -> None:
+    """A chat prompt: a non-empty list of {"role": str, "content": str} with some text."""
+    if not messages:
+        raise DataError(f"{where}: empty chat (no messages) in column {prompt_column!r}; remove the row or add a message")
+    for j, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: chat message {j} in column {prompt_column!r} must be "
+                            f"{{\"role\": \"...\", \"content\": \"...\"}}, got {m!r}"[:300])
+    if not any(m["content"].strip() for m in messages):
+        raise DataError(f"{where}: chat in column {prompt_column!r} has no text in any message; give it text")
 
 
 def validate_prompts(
@@ -115,8 +134,7 @@ def validate_prompts(
         raise DataError("no prompt rows given; pass at least one {\"prompt\": ...} row")
     for row, where in zip(rows, locations):
         check_row(row, prompt_column, where)
-    texts = prompt_texts(tokenizer, [row[prompt_column] for row in rows], chat_template)
-    encoded = tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
+    encoded = _encode(tokenizer, [row[prompt_column] for row in rows], chat_template, locations)
     lengths = [len(e) for e in encoded]
     for n, where in zip(lengths, locations):
         if n == 0:
@@ -161,26 +179,50 @@ class PromptSampler:
         self._order = self._make_order()
 
 
-def prompt_texts(tokenizer: Any, prompts: list[str], chat_template: bool) -> list[str]:
-    """Apply the tokenizer's chat template (one user turn + generation prompt) if asked."""
-    if not chat_template:
-        return prompts
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError("--data.chat_template is set but the tokenizer has no chat template; unset it")
+def _templated(prompt: Any, chat_template: bool) -> bool:
+    return chat_template or isinstance(prompt, list)
+
+
+def prompt_texts(tokenizer: Any, prompts: list[Any], chat_template: bool, locations: Optional[list[str]] = None) -> list[str]:
+    """The text the policy reads for each prompt: a chat (a list of messages) through the
+    tokenizer's chat template with the generation prompt; a string through it as one user
+    turn when `chat_template`, else as it is."""
+    if any(_templated(p, chat_template) for p in prompts) and not getattr(tokenizer, "chat_template", None):
+        if chat_template:
+            raise DataError("--data.chat_template is set but the tokenizer has no chat template; unset it")
+        first = next(i for i, p in enumerate(prompts) if isinstance(p, list))
+        where = locations[first] if locations else f"row {first}"
+        raise DataError(f"{where}: a chat prompt (a list of messages) needs a tokenizer with a chat template, and "
+                        "this one has none; pass --model.tokenizer with one, or give plain-text prompts")
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(p if isinstance(p, list) else [{"role": "user", "content": p}],
+                                      tokenize=False, add_generation_prompt=True)
+        if _templated(p, chat_template) else p
         for p in prompts
     ]
 
 
+def _encode(tokenizer: Any, prompts: list[Any], chat_template: bool, locations: Optional[list[str]] = None) -> list[list[int]]:
+    """Token ids of each prompt's text. Templated text already holds its special tokens,
+    so it is encoded without adding them; one batched call per kind."""
+    texts = prompt_texts(tokenizer, prompts, chat_template, locations)
+    flags = [_templated(p, chat_template) for p in prompts]
+    encoded: list[list[int]] = [[] for _ in prompts]
+    for templated in (False, True):
+        idx = [i for i, f in enumerate(flags) if f == templated]
+        if idx:
+            ids = tokenizer([texts[i] for i in idx], add_special_tokens=not templated)["input_ids"]
+            for i, e in zip(idx, ids):
+                encoded[i] = list(e)
+    return encoded
+
+
 def encode_prompts(
-    tokenizer: Any, prompts: list[str], max_prompt_tokens: int, chat_template: bool = False
+    tokenizer: Any, prompts: list[Any], max_prompt_tokens: int, chat_template: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> left-padded (B, P) ids and mask. Long prompts keep their last tokens,
-    which sit next to the response."""
-    texts = prompt_texts(tokenizer, prompts, chat_template)
-    # The chat template already holds any special tokens it needs.
-    encoded = [tokenizer(t, add_special_tokens=not chat_template)["input_ids"][-max_prompt_tokens:] for t in texts]
+    """Prompts (strings or chats) -> left-padded (B, P) ids and mask. Long prompts keep
+    their last tokens, which sit next to the response."""
+    encoded = [e[-max_prompt_tokens:] for e in _encode(tokenizer, prompts, chat_template)]
     if any(len(e) == 0 for e in encoded):
         raise DataError("a prompt encodes to zero tokens; remove empty prompts from the data")
     width = max(len(e) for e in encoded)

@@ -3,8 +3,10 @@ prompt + response, with its own tokenizer loaded from the same path.
 
 Choices, which a score must not depend on how a batch was split or padded:
 - Text: the reward tokenizer's chat template when it has one (user = prompt,
-  assistant = response), else plain `prompt + response`. Templated text already holds
-  its special tokens, so it is tokenized with `add_special_tokens=False`.
+  assistant = response; a chat prompt's own messages, then the response as the
+  assistant's turn), else plain `prompt + response` (a chat's message contents joined
+  by newlines). Templated text already holds its special tokens, so it is tokenized
+  with `add_special_tokens=False`.
 - Padding is on the right. Causal models then see the same positions as for an
   unpadded example, and the classification head reads the rightmost token that is not
   `config.pad_token_id` (transformers' rule for left and right padding alike), so
@@ -73,13 +75,16 @@ class RewardModelReward:
     def uses_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def format_texts(self, prompts: list[str], responses: list[str]) -> list[str]:
-        """The exact strings the reward model reads, one per (prompt, response)."""
+    def format_texts(self, prompts: list[Any], responses: list[str]) -> list[str]:
+        """The exact strings the reward model reads, one per (prompt, response); a prompt
+        is a string or a chat (a list of {role, content} messages)."""
         if not self.uses_chat_template:
-            return [p + r for p, r in zip(prompts, responses)]
+            return [(_joined(p) if isinstance(p, list) else p) + r for p, r in zip(prompts, responses)]
         return [
             self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+                (list(p) if isinstance(p, list) else [{"role": "user", "content": p}])
+                + [{"role": "assistant", "content": r}],
+                tokenize=False,
             )
             for p, r in zip(prompts, responses)
         ]
@@ -109,6 +114,11 @@ class RewardModelReward:
 
     def __repr__(self) -> str:
         return f"RewardModelReward({self.name!r}, device={str(self.device)!r})"
+
+
+def _joined(messages: list[dict[str, str]]) -> str:
+    """A chat as plain text for a reward model without a chat template."""
+    return "\n".join(m["content"] for m in messages) + "\n"
 
 
 def _load_tokenizer(auto_tokenizer: Any, name: str) -> Any:

@@ -312,6 +312,23 @@ class Trainer:
                              step=self.state.step + 1, timeout_s=self.config.reward.timeout_s).to(self.device)
         return scores[: b * n], (scores[b * n :] if rollout.has_greedy else None)
 
+    def fill(self, rollout: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor]):
+        """The sampled rows to train on (remax.trainer.batch_fill): with a spec's group filter,
+        groups of equal rewards are dropped and more prompts drawn; overlong shaping if set."""
+        max_len = self.config.rollout.max_new_tokens
+        buffer = overlong_buffer_tokens(self.config, self.spec)
+
+        def draw(k: int):  # the k-th extra prompt batch of this step, with a rollout RNG stream of its own
+            rows = self.dist.shard(self.sampler.next_batch())
+            stream = self.state.step + k * 1_000_003
+            with self.dist.rollout_rng(self.config.train.seed, stream), self.dist.generation("policy"):
+                more = self.rollout(rows)
+            return (more, *self.score(rows, more))
+
+        return fill_batch((rollout, rewards, greedy_rewards), draw, group_filter=self.spec.group_filter,
+                          max_extra=self.config.loss.refill_max_batches, pad_token_id=self.tokenizer.pad_token_id,
+                          shape=lambda r, rw, g: shape_rewards(r, rw, g, max_len, buffer), decide=self.dist.from_main)
+
     def prepare(self, samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor]) -> Batch:
         """Reference log-probs and advantages; old log-probs / values only where the update needs them."""
         batch = Batch(samples, rewards, ref_logprobs=self._no_grad_logprobs(self.reference, samples))
@@ -321,7 +338,9 @@ class Trainer:
             return batch  # old log-probs = the update's own forward, detached
         batch.old_logprobs = self._no_grad_logprobs(self.policy, samples)
         if self.critic is None:
-            batch.token_adv = self.token_advantages(batch.seq_adv, batch.old_logprobs, batch.ref_logprobs, samples.response_mask)
+            token_adv = self.token_advantages(batch.seq_adv, batch.old_logprobs, batch.ref_logprobs, samples.response_mask)
+            post = self.spec.token_postprocess  # e.g. REINFORCE++'s whitening over the whole batch
+            batch.token_adv = token_adv if post is None else post(token_adv, samples.response_mask, self.dist.whiten)
             return batch
         self._critic_targets(batch)
         return batch
@@ -348,7 +367,8 @@ class Trainer:
     def update(self, batch: Batch) -> dict[str, float]:
         """Epochs x minibatches of optimizer steps (1 x 1 for on-policy algorithms)."""
         L = self.config.loss
-        epochs, n_mb = (1, 1) if self.spec.on_policy else (L.epochs, L.num_minibatches)
+        # a loss without an importance ratio is only right on-policy: one update per rollout
+        epochs, n_mb = (L.epochs, L.num_minibatches) if self.policy_loss.uses_ratio else (1, 1)
         n_rows = len(batch.rewards)
         gen = torch.Generator().manual_seed(self.config.train.seed * 100_003 + self.state.step)
         acc: dict[str, float] = {}
@@ -394,28 +414,27 @@ class Trainer:
             adv = batch.token_adv[micro]
         else:
             adv = self.token_advantages(batch.seq_adv[micro], old, ref, mask)
-        losses = {"loss/policy": self._policy_loss(logp, old, adv, mask, norm)}
+        # training-inference mismatch: adv * min(pi_trainer / pi_engine, cap); off without engine log-probs
+        adv, tis = apply_truncated_is(adv, old, sub.engine_logprobs, mask, L.tis, L.tis_cap)
+        p, max_len = self.loss_params, self.config.rollout.max_new_tokens
+        losses = {"loss/policy": self.policy_loss.fn(logp, old, adv, mask, p, **norm, max_len=max_len)}
         if self.kl_placement == "loss":
-            losses["loss/kl"] = L.kl_coef * kl_loss(logp, ref, mask, self.kl_estimator, L.agg, **norm)
+            losses["loss/kl"] = L.kl_coef * kl_loss(logp, ref, mask, self.kl_estimator, p.agg, **norm, max_len=max_len)
         if self.critic is not None:
             values = self._values(sub, self.trained["critic"])
             vl = value_loss(values, batch.old_values[micro], batch.returns[micro], mask, L.value_clip_eps,
                             num_tokens=norm["num_tokens"])
             losses["loss/value"] = L.vf_coef * vl
-        if self.spec.loss == "ppo_clip":
-            acc["ppo/clip_frac"] = acc.get("ppo/clip_frac", 0.0) + float(
-                ppo_clip_fraction(logp.detach(), old, adv, mask, L.clip_eps)) * len(micro) / norm["num_seqs"]
+        share = len(micro) / norm["num_seqs"]  # this micro-batch's part of a minibatch mean
+        if self.policy_loss.clip_fraction is not None:
+            tis["ppo/clip_frac"] = float(self.policy_loss.clip_fraction(logp.detach(), old, adv, mask, p))
+        for k, v in tis.items():
+            acc[k] = acc.get(k, 0.0) + v * share
         if first_pass:
             add_logprob_mismatch(acc, sub.engine_logprobs, old, mask)  # old: the sampling weights' log-probs
             acc["_kl_sum"] = acc.get("_kl_sum", 0.0) + float(((old - ref) * mask).sum())
             acc["_tokens"] = acc.get("_tokens", 0.0) + float(mask.sum())
         return losses
-
-    def _policy_loss(self, logp, old, adv, mask, norm) -> torch.Tensor:
-        L = self.config.loss
-        if self.spec.loss == "ppo_clip":
-            return ppo_clip_loss(logp, old, adv, mask, L.clip_eps, L.agg, **norm)
-        return policy_gradient_loss(logp, adv, mask, L.agg, **norm)
 
     def _clip_and_step(self, acc: dict[str, float], finite_loss: bool) -> None:
         """Clip, then step every optimizer; if the loss or any gradient is NaN / inf, step
@@ -439,7 +458,10 @@ class Trainer:
     def _single_pass(self) -> bool:
         """True when the update's own forward can serve as the 'old' log-probs."""
         L = self.config.loss
-        return self.spec.on_policy or (L.epochs * L.num_minibatches == 1 and self.critic is None)
+        if self.spec.token_postprocess is not None:
+            return False  # it needs the whole batch's token advantages before the update
+        single = not self.policy_loss.uses_ratio or L.epochs * L.num_minibatches == 1
+        return single and self.critic is None
 
     def _micro(self, n_rows: int) -> list[torch.Tensor]:
         return list(torch.arange(n_rows).split(self.config.train.micro_batch_size))

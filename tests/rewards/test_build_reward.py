@@ -37,7 +37,7 @@ def test_model(reward_model_dir):
         ("python", {}, r"reward kind 'python' needs --reward\.function module:function"),
         ("python", {"function": ""}, r"needs --reward\.function"),
         ("model", {}, r"reward kind 'model' needs --reward\.model"),
-        ("sentiment", {}, r"unknown reward kind 'sentiment'; expected one of \('vader', 'python', 'model'\)"),
+        ("sentiment", {}, r"unknown reward kind 'sentiment'; expected one of \('vader', 'python', 'model', 'http', 'mix'\)"),
         ("python", {"function": "nocolon"}, r"must look like"),
     ],
 )
