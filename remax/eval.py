@@ -162,13 +162,16 @@ def compare(
     reward_fn: Callable[..., Any],
     *,
     extra: Optional[dict[str, list[Any]]] = None,
+    reference_result: Optional[EvalResult] = None,
     **generation: Any,
 ) -> Comparison:
     """Both models on the same prompts with the same seed, scored by one reward; the KL of
     the first to the second. `generation`: evaluate()'s max_new_tokens, temperature,
-    top_p, batch_size, max_prompt_tokens, seed."""
+    top_p, batch_size, max_prompt_tokens, seed. `reference_result`: the reference's
+    evaluate() with the same settings, if already at hand (the demo scores its model
+    before training), so it is not generated again."""
     a = evaluate(policy, tokenizer, prompts, reward_fn, extra=extra, **generation)
-    b = evaluate(reference, tokenizer, prompts, reward_fn, extra=extra, **generation)
+    b = reference_result or evaluate(reference, tokenizer, prompts, reward_fn, extra=extra, **generation)
     kl = kl_to_reference(policy, reference, a, generation.get("temperature", 1.0))
     return Comparison(a, b, kl)
 

