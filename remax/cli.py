@@ -56,20 +56,34 @@ def split_config_flag(args: Sequence[str]) -> tuple[Optional[str], list[str]]:
 
 
 def parse_train_args(args: Sequence[str]):
-    """YAML (if --config) then dotted overrides -> Config. A bad flag is one UsageError line
-    (tyro's own multi-line message is summarised); `--help` prints and exits 0 as usual."""
-    from remax.config import Config, load_config
+    """Defaults < --preset NAME < YAML (if --config) < dotted overrides -> Config. A bad flag
+    is one UsageError line (tyro's own multi-line message is summarised); `--help` prints
+    and exits 0 as usual."""
+    from remax.config import Config, check_algo, from_dict, load_config
+    from remax.presets import preset_base, split_preset_flag
 
-    path, rest = split_config_flag(args)
-    default = load_config(path) if path else Config()
-    return run_tyro(
-        Config,
-        rest,
-        default=default,
-        prog="remax train",
-        description="Train a policy with remax | reinforce | rloo | grpo | ppo. "
-        "Options: --config run.yaml first, then any --section.field VALUE.",
-    )
+    preset, rest = split_preset_flag(args)
+    path, rest = split_config_flag(rest)
+    base = preset_base(preset)
+    default = load_config(path, base=base) if path else from_dict(Config, base)
+    config = run_tyro(Config, rest, default=default, prog="remax train", description=train_description(preset))
+    check_algo(config.algo)  # --algo NAME: a registered algorithm, or one line with the closest
+    return config
+
+
+def train_description(preset: Optional[str] = None) -> str:
+    """`remax train --help`'s header: every registered algorithm, one line each with its
+    paper, the option precedence, and what --preset sets."""
+    from remax.algos import get_algorithm, list_algorithms
+    from remax.presets import PRESETS, describe
+
+    lines = ["Train a policy with one of these algorithms (--algo NAME):"]
+    lines += [f"  {get_algorithm(name).help_line()}" for name in list_algorithms()]
+    lines += ["", f"Options: --preset NAME ({', '.join(PRESETS)}), then --config run.yaml, then any "
+              "--section.field VALUE; each overrides the one before."]
+    if preset:
+        lines += ["", describe(preset)]
+    return "\n".join(lines)
 
 
 def run_tyro(cls: type, args: Sequence[str], *, prog: str, description: str, default=None):

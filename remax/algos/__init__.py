@@ -10,7 +10,10 @@ torch.distributed. Modules:
 - advantages:  greedy_baseline (ReMax), reinforce, rloo, grpo
 - returns:     token_returns, remax_returns, ppo_token_rewards, gae
 - losses:      policy_gradient_loss, ppo_clip_loss, ppo_clip_fraction, value_loss, kl_loss
-- registry:    Algorithm specs for remax, reinforce, rloo, grpo, ppo
+- variants:    REINFORCE++(-baseline), Dr. GRPO, DAPO, GSPO, CISPO pieces, truncated IS
+- policy_losses: the policy-loss table (policy_gradient, ppo_clip, gspo, cispo)
+- registry:    Algorithm specs: remax, reinforce, rloo, grpo, ppo, reinforce_pp,
+               reinforce_pp_baseline, dr_grpo, dapo, gspo, cispo
 """
 
 from .advantages import (
@@ -23,6 +26,7 @@ from .aggregation import AGGREGATIONS, aggregate, masked_mean, masked_whiten
 from .kl import KL_ESTIMATORS, kl_penalty
 from .losses import kl_loss, policy_gradient_loss, ppo_clip_fraction, ppo_clip_loss, value_loss
 from .masks import response_mask
+from .policy_losses import POLICY_LOSSES, LossParams, PolicyLoss, register_policy_loss
 from .registry import (
     ALGORITHMS,
     Algorithm,
@@ -59,4 +63,8 @@ __all__ = [
     "register_algorithm",
     "get_algorithm",
     "list_algorithms",
+    "POLICY_LOSSES",
+    "PolicyLoss",
+    "LossParams",
+    "register_policy_loss",
 ]

@@ -1,13 +1,49 @@
-"""Algorithm specs: ReMax (Li et al., arXiv 2310.10505) and its comparison points,
-each described by data so that the trainer never branches on an algorithm's name.
+"""Algorithm specs: ReMax (Li et al., arXiv 2310.10505) and the algorithms users
+compare it with, each described by data and small hooks so that the trainer never
+branches on an algorithm's name.
 
 The trainer asks a spec what to do: roll out greedily too (`needs_greedy`), keep a
 critic (`needs_critic`), how many samples per prompt are allowed (`check_samples`),
-which loss to use, where the KL goes by default, and whether the update is on-policy
-(one update per rollout, no ratio: the log-probs computed with grad are reused,
-detached, for the KL penalty, so no extra forward pass). `advantage` maps
-((B*n,) rewards, (B,) greedy rewards or None, n) -> (B*n,) advantages; it is None
-for PPO, whose advantages come from `returns.gae` with a learned critic.
+which policy loss to use (`loss`, a key of `policy_losses.POLICY_LOSSES`; whether the
+update is one on-policy pass follows from it), where the KL goes by default, the
+default aggregation and clip range, and four optional hooks: `advantage` maps
+((B*n,) rewards, (B,) greedy rewards or None, n) -> (B*n,) advantages (None for PPO,
+whose advantages come from `returns.gae` with a learned critic); `token_postprocess`
+maps the whole batch's (N, T) token advantages to new ones (REINFORCE++'s global
+whitening); `group_filter` maps ((B*n,) rewards, n) -> (B,) bool groups to keep, and
+the trainer refills the batch from the sampler (DAPO's dynamic sampling);
+`overlong_buffer` turns on DAPO's length penalty.
+
+Notation: r_i the reward of sample i, b the greedy response's reward, groups of n
+samples per prompt, kl_t per-token KL to the reference, rho_t = pi(a_t) / pi_old(a_t).
+
+- remax (Li et al. 2023, arXiv 2310.10505, Algorithm 1): A_i = r_i - b(x_i), loss
+  -sum_t G_t log pi with G_t = -beta kl_t + gamma^(T-t+1) A_i (the authors' code).
+- reinforce (Williams 1992; the ReMax paper's ablation): A_i = r_i.
+- rloo (Ahmadian et al. 2024, arXiv 2402.14740, eq. 7): A_i = r_i - mean_{j != i} r_j.
+- grpo (Shao et al. 2024, arXiv 2402.03300, eq. 3): A_i = (r_i - mean_g r) / std_g r,
+  PPO clip loss, k3 KL loss term.
+- ppo (Schulman et al. 2017, arXiv 1707.06347; Ouyang et al. 2022): GAE advantages
+  from a learned critic, clipped surrogate and clipped value loss.
+- reinforce_pp (Hu et al. 2025, arXiv 2501.03262, sec. 3): the k1 KL in the reward,
+  G_t = r_i - beta sum_{s>=t} kl_s, then A_t = (G_t - mean_batch G) / std_batch G over
+  every token of the global batch; PPO clip loss.
+- reinforce_pp_baseline (same paper, sec. 3.3): A_i = (r_i - mean_g r) /
+  std_batch(r - mean_g r); PPO clip loss; the KL a separate k2 loss term.
+- dr_grpo (Liu et al. 2025, arXiv 2503.20783, eq. 3): A_i = r_i - mean_g r (no std),
+  PPO clip, loss sum_{i,t} / (N * max_new_tokens) (`seq_mean_token_sum_norm`).
+- dapo (Yu et al. 2025, arXiv 2503.14476, eq. 8-13): GRPO's advantages; clip-higher
+  rho clipped to [1 - 0.2, 1 + 0.28]; token-level mean over the global batch; dynamic
+  sampling keeps groups whose rewards are not all equal and refills the batch; the
+  soft overlong penalty over the last 20% of max_new_tokens; no KL term.
+- gspo (Zheng et al. 2025, arXiv 2507.18071, eq. 5-7): GRPO's advantages; sequence
+  ratio s_i = exp(mean_t log rho_t) clipped to [1 - 3e-4, 1 + 4e-4].
+- cispo (MiniMax 2025, arXiv 2506.13585, eq. 4): GRPO's advantages; loss
+  -sg(clip(rho_t, 0, 1 + 0.28)) A_i log pi, token-level.
+
+Departures: the KL stays a GRPO-style k3 loss term for dr_grpo, gspo and cispo (those
+papers train with little or no KL; `--loss.kl_coef 0` removes it); DAPO's filter sees
+the raw reward, before the overlong penalty (the paper filters on accuracy).
 """
 
 from __future__ import annotations
@@ -24,12 +60,23 @@ from .advantages import (
     reinforce_advantages,
     rloo_advantages,
 )
+from .aggregation import AGGREGATIONS
+from .kl import KL_ESTIMATORS
+from .policy_losses import POLICY_LOSSES
 from .returns import KL_PLACEMENTS
+from .variants import (
+    group_mean_advantages,
+    reinforce_pp_baseline_advantages,
+    varied_groups,
+)
 
 AdvantageFn = Callable[[torch.Tensor, Optional[torch.Tensor], int], torch.Tensor]
+# (token advantages (N, T), mask (N, T), whiten) -> (N, T); `whiten(values, mask)` is the
+# trainer's batch whitening (global over ranks when training on several)
+TokenHook = Callable[[torch.Tensor, torch.Tensor, Callable[..., torch.Tensor]], torch.Tensor]
+GroupFilter = Callable[[torch.Tensor, int], torch.Tensor]
 
-BASELINES = ("greedy", "none", "leave_one_out", "group_mean_std", "critic")
-LOSSES = ("policy_gradient", "ppo_clip")
+BASELINES = ("greedy", "none", "leave_one_out", "group_mean", "group_mean_std", "group_mean_batch_std", "critic")
 
 
 @dataclass(frozen=True)
@@ -47,25 +94,41 @@ class Algorithm:
     needs_critic: bool
     """Keep a value model and its optimizer (PPO)."""
     loss: str
-    """One of LOSSES."""
+    """A key of policy_losses.POLICY_LOSSES."""
     default_kl_placement: str
     """One of returns.KL_PLACEMENTS, used unless the config overrides it."""
-    on_policy: bool
-    """One update per rollout batch, no ratio: log-probs with grad are reused detached."""
     advantage: Optional[AdvantageFn]
     """(rewards (B*n,), greedy_rewards (B,) or None, n) -> (B*n,); None: from GAE."""
     description: str = ""
     """One line for `--help` and docs."""
+    paper: str = ""
+    """Where it comes from, e.g. "Li et al. 2023, arXiv 2310.10505"."""
+    default_kl_estimator: Optional[str] = None
+    """KL estimator unless the config sets one; None: k3 for a KL loss term, else k1."""
+    default_agg: str = "token_mean"
+    """Aggregation mode unless the config sets one."""
+    clip_eps: float = 0.2
+    """Default lower clip of the ratio (or IS weight): >= 1 - clip_eps."""
+    clip_eps_high: Optional[float] = None
+    """Default upper clip: <= 1 + clip_eps_high; None: the same as the lower one."""
+    token_postprocess: Optional[TokenHook] = None
+    """((N, T) token advantages of the whole batch, (N, T) mask, whiten) -> (N, T), before the update."""
+    group_filter: Optional[GroupFilter] = None
+    """((B*n,) rewards, n) -> (B,) bool, the groups to train on; the batch is refilled."""
+    overlong_buffer: float = 0.0
+    """Share of max_new_tokens over which DAPO's overlong penalty ramps to -1; 0: off."""
 
     def __post_init__(self) -> None:
         # catch a mistyped spec when it is registered, not mid-training
         for field, value, choices in (
             ("baseline", self.baseline, BASELINES),
-            ("loss", self.loss, LOSSES),
+            ("loss", self.loss, POLICY_LOSSES.names()),
             ("default_kl_placement", self.default_kl_placement, KL_PLACEMENTS),
+            ("default_agg", self.default_agg, AGGREGATIONS.names()),
+            ("default_kl_estimator", self.default_kl_estimator, [None, *KL_ESTIMATORS]),
         ):
             if value not in choices:
-                raise ValueError(f"{self.name}: {field} {value!r} is not one of {choices}")
+                raise ValueError(f"{self.name}: {field} {value!r} is not one of {tuple(choices)}")
         lo, hi = self.min_samples, self.max_samples
         if lo < 1 or (hi is not None and hi < lo):
             raise ValueError(f"{self.name}: bad sample range [{lo}, {hi}]")
@@ -73,6 +136,19 @@ class Algorithm:
             raise ValueError(
                 f"{self.name}: an algorithm without a critic needs an advantage function"
             )
+        if not 0.0 <= self.overlong_buffer <= 1.0:
+            raise ValueError(f"{self.name}: overlong_buffer must be in [0, 1], got {self.overlong_buffer}")
+
+    @property
+    def on_policy(self) -> bool:
+        """One update per rollout batch, no ratio: log-probs with grad are reused detached.
+        Follows from the loss: one without an importance ratio is only correct on-policy."""
+        return not POLICY_LOSSES.get(self.loss).uses_ratio
+
+    def help_line(self) -> str:
+        """`name  description (paper)`, as `remax train --help` and the README list it."""
+        paper = f" ({self.paper})" if self.paper else ""
+        return f"{self.name}: {self.description}{paper}"
 
     def check_samples(self, n: int) -> None:
         """Raise ValueError, naming the fix, if n samples per prompt do not fit."""
@@ -128,33 +204,95 @@ def _grpo_advantage(rewards, greedy_rewards, n):
     return grpo_advantages(rewards, n)
 
 
+def _whiten_globally(token_adv, mask, whiten):
+    # REINFORCE++: A_t = (G_t - mean(G)) / std(G) over every response token of the batch
+    return whiten(token_adv, mask)
+
+
+def _dr_grpo_advantage(rewards, greedy_rewards, n):
+    return group_mean_advantages(rewards, n)
+
+
+def _reinforce_pp_baseline_advantage(rewards, greedy_rewards, n):
+    return reinforce_pp_baseline_advantages(rewards, n)
+
+
 register_algorithm(Algorithm(
     name="remax", baseline="greedy", min_samples=1, max_samples=None,
     needs_greedy=True, needs_critic=False, loss="policy_gradient",
-    default_kl_placement="token", on_policy=True, advantage=_remax_advantage,
-    description="ReMax: REINFORCE with the greedy response's reward as baseline (the default)",
+    default_kl_placement="token", advantage=_remax_advantage,
+    description="REINFORCE with the greedy response's reward as baseline (the default)",
+    paper="Li et al. 2023, arXiv 2310.10505",
 ))
 register_algorithm(Algorithm(
     name="reinforce", baseline="none", min_samples=1, max_samples=None,
     needs_greedy=False, needs_critic=False, loss="policy_gradient",
-    default_kl_placement="token", on_policy=True, advantage=_reinforce_advantage,
+    default_kl_placement="token", advantage=_reinforce_advantage,
     description="REINFORCE without a baseline (the ReMax paper's ablation)",
+    paper="Williams 1992",
 ))
 register_algorithm(Algorithm(
     name="rloo", baseline="leave_one_out", min_samples=2, max_samples=None,
     needs_greedy=False, needs_critic=False, loss="policy_gradient",
-    default_kl_placement="token", on_policy=True, advantage=_rloo_advantage,
+    default_kl_placement="token", advantage=_rloo_advantage,
     description="REINFORCE leave-one-out: baseline is the mean reward of the other n-1 samples",
+    paper="Ahmadian et al. 2024, arXiv 2402.14740",
 ))
 register_algorithm(Algorithm(
     name="grpo", baseline="group_mean_std", min_samples=2, max_samples=None,
     needs_greedy=False, needs_critic=False, loss="ppo_clip",
-    default_kl_placement="loss", on_policy=False, advantage=_grpo_advantage,
-    description="GRPO: group-normalised rewards, PPO clip loss and a separate k3 KL loss",
+    default_kl_placement="loss", advantage=_grpo_advantage,
+    description="group-normalised rewards, PPO clip loss and a separate k3 KL loss",
+    paper="Shao et al. 2024, arXiv 2402.03300",
 ))
 register_algorithm(Algorithm(
     name="ppo", baseline="critic", min_samples=1, max_samples=1,
     needs_greedy=False, needs_critic=True, loss="ppo_clip",
-    default_kl_placement="token", on_policy=False, advantage=None,
-    description="PPO with a learned value model and GAE (the paper's comparison point)",
+    default_kl_placement="token", advantage=None,
+    description="a learned value model, GAE and the clipped surrogate (the paper's comparison point)",
+    paper="Schulman et al. 2017, arXiv 1707.06347",
+))
+register_algorithm(Algorithm(
+    name="reinforce_pp", baseline="none", min_samples=1, max_samples=None,
+    needs_greedy=False, needs_critic=False, loss="ppo_clip",
+    default_kl_placement="reward_to_go", advantage=_reinforce_advantage,
+    token_postprocess=_whiten_globally,
+    description="k1 KL in the reward-to-go, token advantages whitened over the batch, PPO clip",
+    paper="Hu et al. 2025, arXiv 2501.03262",
+))
+register_algorithm(Algorithm(
+    name="reinforce_pp_baseline", baseline="group_mean_batch_std", min_samples=2, max_samples=None,
+    needs_greedy=False, needs_critic=False, loss="ppo_clip",
+    default_kl_placement="loss", default_kl_estimator="k2", advantage=_reinforce_pp_baseline_advantage,
+    description="group mean subtracted, batch std divided, PPO clip, k2 KL loss",
+    paper="Hu et al. 2025, arXiv 2501.03262",
+))
+register_algorithm(Algorithm(
+    name="dr_grpo", baseline="group_mean", min_samples=2, max_samples=None,
+    needs_greedy=False, needs_critic=False, loss="ppo_clip",
+    default_kl_placement="loss", default_agg="seq_mean_token_sum_norm", advantage=_dr_grpo_advantage,
+    description="GRPO without the std division, a constant length normaliser",
+    paper="Liu et al. 2025, arXiv 2503.20783",
+))
+register_algorithm(Algorithm(
+    name="dapo", baseline="group_mean_std", min_samples=2, max_samples=None,
+    needs_greedy=False, needs_critic=False, loss="ppo_clip",
+    default_kl_placement="none", advantage=_grpo_advantage, clip_eps=0.2, clip_eps_high=0.28,
+    group_filter=varied_groups, overlong_buffer=0.2,
+    description="clip-higher, token-level loss, dynamic sampling with refill, overlong penalty, no KL",
+    paper="Yu et al. 2025, arXiv 2503.14476",
+))
+register_algorithm(Algorithm(
+    name="gspo", baseline="group_mean_std", min_samples=2, max_samples=None,
+    needs_greedy=False, needs_critic=False, loss="gspo",
+    default_kl_placement="loss", advantage=_grpo_advantage, clip_eps=3e-4, clip_eps_high=4e-4,
+    description="length-normalised sequence-level importance ratio and its clip",
+    paper="Zheng et al. 2025, arXiv 2507.18071",
+))
+register_algorithm(Algorithm(
+    name="cispo", baseline="group_mean_std", min_samples=2, max_samples=None,
+    needs_greedy=False, needs_critic=False, loss="cispo",
+    default_kl_placement="loss", advantage=_grpo_advantage, clip_eps=1.0, clip_eps_high=0.28,
+    description="REINFORCE weighted by the clipped, stop-gradient importance ratio",
+    paper="MiniMax 2025, arXiv 2506.13585",
 ))

@@ -111,6 +111,7 @@ def cispo_loss(
     *,
     num_tokens: Optional[Count] = None,
     num_seqs: Optional[Count] = None,
+    max_len: Optional[int] = None,
 ) -> torch.Tensor:
     """CISPO: aggregate(-sg(clamp(ratio, 1-eps_low, 1+eps_high)) * A * logp). The weight
     is detached, so a clipped token still has a gradient (unlike PPO's clip, which
@@ -118,7 +119,8 @@ def cispo_loss(
     adv = (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages).detach()
     high = clip_eps if clip_eps_high is None else clip_eps_high
     weight = torch.exp(logprobs.detach() - old_logprobs.detach()).clamp(1.0 - clip_eps, 1.0 + high)  # (N, T)
-    return aggregate(-weight * adv * logprobs, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs)
+    return aggregate(-weight * adv * logprobs, response_mask, agg, num_tokens=num_tokens, num_seqs=num_seqs,
+                     max_len=max_len)
 
 
 # ------------------------------------------------ training-inference mismatch
@@ -149,3 +151,26 @@ def truncated_is_weights(
         "rollout/is_capped_frac": float(masked_mean((raw > cap).to(raw.dtype), mask)),
     }
     return weights, stats
+
+
+def apply_truncated_is(
+    advantages: torch.Tensor,
+    logprobs: torch.Tensor,
+    engine_logprobs: Optional[torch.Tensor],
+    response_mask: torch.Tensor,
+    level: str = "auto",
+    cap: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(N, T) token advantages -> (advantages * truncated IS weights, stats). Every policy
+    loss here is linear in A per token with a positive factor, so weighting A is weighting
+    the loss. level "off", or "auto" without engine log-probs: unchanged, no stats;
+    "auto" with them is "token"."""
+    if level == "off" or (level == "auto" and engine_logprobs is None):
+        return advantages, {}
+    if engine_logprobs is None:
+        raise ValueError(f"importance-sampling level {level!r} needs the rollout engine's log-probs, "
+                         "and this rollout backend gives none; use level 'auto' or 'off'")
+    weights, stats = truncated_is_weights(logprobs, engine_logprobs, response_mask,
+                                          "token" if level == "auto" else level, cap)
+    return advantages * weights, stats
+

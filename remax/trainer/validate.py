@@ -7,7 +7,7 @@ import math
 import warnings
 from typing import Any, Optional
 
-from remax.config import Config, ConfigError, all_keys, check_types
+from remax.config import Config, ConfigError, all_keys, check_types, closest
 
 
 def resolve_kl(config: Config, spec: Any) -> tuple[str, str]:
@@ -17,8 +17,32 @@ def resolve_kl(config: Config, spec: Any) -> tuple[str, str]:
         placement = spec.default_kl_placement
     estimator = config.loss.kl_estimator
     if estimator == "auto":
-        estimator = "k3" if placement == "loss" else "k1"
+        estimator = spec.default_kl_estimator or ("k3" if placement == "loss" else "k1")
     return placement, estimator
+
+
+def resolve_loss(config: Config, spec: Any) -> tuple[Any, Any]:
+    """The policy loss (the spec's, or loss.policy_loss) and its LossParams: 'auto' / None
+    options take the spec's defaults (aggregation, clip range)."""
+    from remax.algos import POLICY_LOSSES, LossParams
+
+    L = config.loss
+    name = spec.loss if L.policy_loss == "auto" else L.policy_loss
+    if name not in POLICY_LOSSES:
+        near = closest(name, POLICY_LOSSES.names())
+        hint = f"did you mean {near!r}?" if near else f"choose one of: {', '.join(POLICY_LOSSES.names())}"
+        raise ConfigError(f"--loss.policy_loss: unknown policy loss {name!r}; {hint}")
+    low = spec.clip_eps if L.clip_eps is None else L.clip_eps
+    high = L.clip_eps_high if L.clip_eps_high is not None else spec.clip_eps_high  # None: = low
+    agg = spec.default_agg if L.agg == "auto" else L.agg
+    return POLICY_LOSSES.get(name), LossParams(clip_eps=low, clip_eps_high=high, agg=agg)
+
+
+def overlong_buffer_tokens(config: Config, spec: Any) -> int:
+    """DAPO's overlong buffer in tokens (0: off): loss.overlong_buffer, else the spec's share,
+    of rollout.max_new_tokens."""
+    share = spec.overlong_buffer if config.loss.overlong_buffer is None else config.loss.overlong_buffer
+    return max(1, round(share * config.rollout.max_new_tokens)) if share > 0 else 0
 
 
 def validate_config(config: Config, spec: Any, *, have_policy: bool = False, have_rows: bool = False) -> None:
@@ -61,7 +85,12 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
         (L.kl_coef >= 0, f"--loss.kl_coef must be >= 0 (0 turns the KL penalty off), got {L.kl_coef}"),
         (0 < L.gamma <= 1, f"--loss.gamma must be in (0, 1], got {L.gamma}"),
         (0 <= L.lam <= 1, f"--loss.lam must be in [0, 1], got {L.lam}"),
-        (L.clip_eps > 0, f"--loss.clip_eps must be > 0, got {L.clip_eps}"),
+        (L.clip_eps is None or L.clip_eps > 0, f"--loss.clip_eps must be > 0 or None, got {L.clip_eps}"),
+        (L.clip_eps_high is None or L.clip_eps_high > 0, f"--loss.clip_eps_high must be > 0 or None, got {L.clip_eps_high}"),
+        (L.overlong_buffer is None or 0 <= L.overlong_buffer <= 1,
+         f"--loss.overlong_buffer must be in [0, 1] (a share of max_new_tokens) or None, got {L.overlong_buffer}"),
+        (L.refill_max_batches >= 0, f"--loss.refill_max_batches must be >= 0, got {L.refill_max_batches}"),
+        (L.tis_cap > 0, f"--loss.tis_cap must be > 0, got {L.tis_cap}"),
         (L.value_clip_eps > 0, f"--loss.value_clip_eps must be > 0, got {L.value_clip_eps}"),
         (L.vf_coef >= 0, f"--loss.vf_coef must be >= 0, got {L.vf_coef}"),
         (c.log.save_every >= 0, f"--log.save_every must be >= 0 (0 only writes final/), got {c.log.save_every}"),
@@ -77,6 +106,7 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
         if not ok:
             raise ConfigError(message)
     placement, _ = resolve_kl(c, spec)
+    resolve_loss(c, spec)  # an unknown loss.policy_loss: one line, now
     if placement == "reward_to_go" and c.loss.gamma != 1.0:
         raise ConfigError("kl_placement reward_to_go has no discount; pass --loss.gamma 1.0 or --loss.kl_placement token")
 

@@ -1,4 +1,4 @@
-"""registry: the five algorithm specs, duplicates and unknown names, sample checks;
+"""registry: every algorithm spec, duplicates and unknown names, sample checks;
 and that remax.algos imports torch only."""
 
 import ast
@@ -23,8 +23,12 @@ from remax.algos import registry as registry_module
 from remax.algos._registry import Registry
 
 
-def test_the_five_specs():
-    assert list_algorithms() == ["remax", "reinforce", "rloo", "grpo", "ppo"]
+ALL = ["remax", "reinforce", "rloo", "grpo", "ppo",
+       "reinforce_pp", "reinforce_pp_baseline", "dr_grpo", "dapo", "gspo", "cispo"]
+
+
+def test_every_spec():
+    assert list_algorithms() == ALL
     table = {
         # name: (baseline, min, max, greedy, critic, loss, kl placement, on_policy)
         "remax": ("greedy", 1, None, True, False, "policy_gradient", "token", True),
@@ -32,13 +36,52 @@ def test_the_five_specs():
         "rloo": ("leave_one_out", 2, None, False, False, "policy_gradient", "token", True),
         "grpo": ("group_mean_std", 2, None, False, False, "ppo_clip", "loss", False),
         "ppo": ("critic", 1, 1, False, True, "ppo_clip", "token", False),
+        "reinforce_pp": ("none", 1, None, False, False, "ppo_clip", "reward_to_go", False),
+        "reinforce_pp_baseline": ("group_mean_batch_std", 2, None, False, False, "ppo_clip", "loss", False),
+        "dr_grpo": ("group_mean", 2, None, False, False, "ppo_clip", "loss", False),
+        "dapo": ("group_mean_std", 2, None, False, False, "ppo_clip", "none", False),
+        "gspo": ("group_mean_std", 2, None, False, False, "gspo", "loss", False),
+        "cispo": ("group_mean_std", 2, None, False, False, "cispo", "loss", False),
     }
+    assert set(table) == set(ALL)
     for name, row in table.items():
         a = get_algorithm(name)
         assert (a.baseline, a.min_samples, a.max_samples, a.needs_greedy, a.needs_critic,
                 a.loss, a.default_kl_placement, a.on_policy) == row, name
         assert (a.advantage is None) == (name == "ppo")
-        assert a.description
+        assert a.description and a.paper and name in a.help_line() and a.paper in a.help_line()
+    # the data that replaces a branch in the trainer
+    spec = {n: get_algorithm(n) for n in ALL}
+    assert (spec["dapo"].clip_eps, spec["dapo"].clip_eps_high, spec["dapo"].overlong_buffer) == (0.2, 0.28, 0.2)
+    assert spec["dapo"].group_filter is not None and spec["dapo"].default_agg == "token_mean"
+    assert (spec["gspo"].clip_eps, spec["gspo"].clip_eps_high) == (3e-4, 4e-4)
+    assert (spec["cispo"].clip_eps, spec["cispo"].clip_eps_high) == (1.0, 0.28)
+    assert spec["dr_grpo"].default_agg == "seq_mean_token_sum_norm"
+    assert spec["reinforce_pp_baseline"].default_kl_estimator == "k2"
+    assert [n for n in ALL if spec[n].token_postprocess is not None] == ["reinforce_pp"]
+    assert [n for n in ALL if spec[n].group_filter is not None] == ["dapo"]
+    assert all(spec[n].clip_eps_high is None for n in ["remax", "grpo", "ppo", "dr_grpo"])
+
+
+def test_new_spec_advantages_and_hooks():
+    r = torch.tensor([1.0, 3.0, 2.0, 2.0])  # two prompts, n = 2
+    # Dr. GRPO: r - group mean, no std: [-1, 1, 0, 0]
+    torch.testing.assert_close(get_algorithm("dr_grpo").advantage(r, None, 2), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+    # REINFORCE++-baseline: [-1, 1, 0, 0] / unbiased std sqrt(2/3) = +-1.2247449
+    torch.testing.assert_close(get_algorithm("reinforce_pp_baseline").advantage(r, None, 2),
+                               torch.tensor([-1.2247449, 1.2247449, 0.0, 0.0]), atol=1e-5, rtol=0)
+    # REINFORCE++: the raw reward, then the token returns whitened over the batch
+    torch.testing.assert_close(get_algorithm("reinforce_pp").advantage(r, None, 2), r)
+    g = torch.tensor([[1.0, 3.0], [5.0, 9.0]])
+    m = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # masked entries 1, 3, 5: mean 3, unbiased var ((-2)^2 + 0 + 2^2) / 2 = 4 -> std 2
+    out = get_algorithm("reinforce_pp").token_postprocess(g, m, algos.masked_whiten)
+    torch.testing.assert_close(out, torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), atol=1e-6, rtol=0)
+    # DAPO's filter: group 2 (2, 2) has no signal
+    assert get_algorithm("dapo").group_filter(r, 2).tolist() == [True, False]
+    # DAPO, GSPO and CISPO take GRPO's group-normalised advantages
+    for name in ("dapo", "gspo", "cispo"):
+        torch.testing.assert_close(get_algorithm(name).advantage(r, None, 2), get_algorithm("grpo").advantage(r, None, 2))
 
 
 def test_spec_advantages():
@@ -71,7 +114,7 @@ def test_check_samples():
 def test_duplicate_and_unknown_names():
     with pytest.raises(ValueError, match="'remax' is already registered"):
         register_algorithm(dataclasses.replace(get_algorithm("remax")))
-    with pytest.raises(ValueError, match="unknown algorithm 'dpo'; choose one of: remax, reinforce, rloo, grpo, ppo"):
+    with pytest.raises(ValueError, match="unknown algorithm 'dpo'; choose one of: remax, reinforce, rloo, grpo, ppo, reinforce_pp,"):
         get_algorithm("dpo")
     with pytest.raises(ValueError, match="already registered"):
         KL_ESTIMATORS.register("k1", lambda d: d)
