@@ -65,3 +65,18 @@ def make_reward_model(tokenizer):
 @pytest.fixture(scope="session")
 def reward_model_dir(tokenizer, tmp_path_factory) -> Path:
     return save_reward_model(tmp_path_factory.mktemp("rm_plain"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def assets_dir(tokenizer, tmp_path_factory) -> Path:
+    """A tiny policy saved with its tokenizer, and six prompts: what `remax train` needs."""
+    import json
+
+    from remax.models.tiny import tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("train_assets")
+    tiny_causal_lm(tokenizer, n_positions=128).save_pretrained(root / "policy")
+    tokenizer.save_pretrained(root / "policy")
+    prompts = ["The Lord is", "And God said", "Blessed are the", "Love is", "In the beginning", "O give thanks"]
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return root
