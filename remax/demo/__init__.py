@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ class DemoConfig:
     pretrain_steps: int = DEFAULT_STEPS
     """Pretraining steps (16 rows of 64 tokens each); a fixed count, so every machine gets the same model."""
     algo: str = "remax"
-    """Algorithm for the RL step (remax, reinforce, rloo, grpo, ppo)."""
+    """Algorithm for the RL step: any name `remax train --help` lists (remax, reinforce, rloo, grpo, ppo, reinforce_pp, dapo, ...)."""
     steps: int = 120
     """ReMax steps."""
     batch_size: int = 32
@@ -56,7 +57,8 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig) -> dict[str, float]:
     """Pretrain (or load), score, train, score again, print. Returns the headline numbers."""
-    from remax.config import Config
+    from remax.algos import get_algorithm
+    from remax.config import Config, check_algo
     from remax.demo.pretrain import pretrain_demo_model
     from remax.eval import compare, write_outputs
     from remax.rewards import VaderReward
@@ -74,7 +76,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
 
     config = Config(algo=cfg.algo, output_dir=cfg.output_dir, overwrite=True)
     config.rollout.max_new_tokens, config.rollout.top_p = cfg.max_new_tokens, 0.9
-    config.rollout.n_samples = 1 if cfg.algo in ("remax", "reinforce", "ppo") else 2
+    config.rollout.n_samples = get_algorithm(check_algo(cfg.algo)).min_samples  # 1, or 2 for group baselines
     config.train.steps, config.train.batch_size, config.train.micro_batch_size = cfg.steps, cfg.batch_size, cfg.batch_size
     config.train.lr, config.train.critic_lr, config.train.seed = cfg.lr, cfg.lr, cfg.seed
     config.loss.kl_coef = cfg.kl_coef
@@ -89,6 +91,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     after = comparison.policy
     scores = comparison.summary()
     write_outputs(Path(cfg.output_dir) / "eval", scores, comparison.side_by_side())
+    # the held-out prompts, so that `remax eval --data output_dir/eval/heldout.jsonl` can rerun this
+    with open(Path(cfg.output_dir) / "eval" / "heldout.jsonl", "w") as f:
+        f.write("".join(json.dumps({"prompt": p}) + "\n" for p in eval_prompts))
 
     print_table(before, after, cfg.show)
     result = summarize(before, after, history, t_pretrain, t_train, time.perf_counter() - t0, info, scores)
