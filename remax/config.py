@@ -37,6 +37,10 @@ class ModelConfig:
     """Weights' dtype when loading from a path."""
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
+    reference_dtype: Literal["same", "float32", "bfloat16", "float16"] = "same"
+    """The frozen reference model's dtype: 'same' as the policy; bfloat16 halves its memory (its log-probs stay float32)."""
+    reference_offload: bool = False
+    """Keep the reference model in CPU memory and move it to the device only for its no-grad forward each step."""
     trust_remote_code: bool = False
     """Passed to from_pretrained for models with custom code."""
 
@@ -209,6 +213,8 @@ class TrainConfig:
     """Linear warmup steps."""
     seed: int = 0
     """Seeds torch, python and the prompt order."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in backward instead of keeping them: the same gradients, far less activation memory, about a third more update compute."""
     max_nonfinite_steps: int = 3
     """Optimizer steps whose loss or gradient is NaN / inf are skipped (weights untouched); stop with a checkpoint after this many in a row."""
 

@@ -59,6 +59,7 @@ from remax.rollout.backend import EngineOutOfSync, add_logprob_mismatch, build_b
 from remax.trainer.evaluate import decode_responses
 from remax.trainer.diagnostics import baseline_diagnostics
 from remax.trainer.distributed import make_dist
+from remax.trainer.memory import checkpoint_layers, prepare_reference
 from remax.trainer.checkpoint import (
     RunState,
     atomic_dir,
@@ -165,6 +166,10 @@ class Trainer:
             # A separate trunk: PPO's extra memory is the point of the comparison.
             critic = ValueModel.from_pretrained(m.critic, **load) if m.critic else ValueModel.from_policy(self.policy)
             self.critic = critic.to(self.device).eval()
+        # memory options (remax/trainer/memory.py): reference dtype / CPU offload, gradient checkpointing
+        self.reference = prepare_reference(self.reference, self.policy, m.reference_dtype, m.reference_offload)
+        if self.config.train.gradient_checkpointing:
+            checkpoint_layers(self.policy, self.critic)
         eos = self.tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("the tokenizer has no eos_token; set one so responses can end")
