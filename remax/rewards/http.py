@@ -74,16 +74,16 @@ class HttpReward:
             try:
                 self.check()
             except RewardServerError as err:
-                raise ValueError(f"reward server check failed: {err}") from None
+                raise ValueError(f"reward server {self.url} check failed: {err}") from None
 
     def check(self) -> dict[str, Any]:
         """GET /health, then score an empty batch (which checks the token); the health answer."""
         info = self._request("GET", "/health")
         if not isinstance(info, dict) or info.get("status") != "ok":
-            raise RewardServerError(f"{self.url}/health answered {_short(info)}, not {{'status': 'ok'}}; "
+            raise RewardServerError(f"/health answered {_short(info)}, not {{'status': 'ok'}}; "
                                     "is this a remax serve-reward server?")
         if info.get("token_required") and not self.token:
-            raise RewardServerError(f"{self.url} requires a bearer token; set {self.token_env} to the server's --token")
+            raise RewardServerError(f"the server requires a bearer token; set {self.token_env} to the server's --token")
         self._scores([], [], {})
         self.info = info
         return info
@@ -97,7 +97,7 @@ class HttpReward:
         answer = self._request("POST", "/score", payload)
         scores = answer.get("scores") if isinstance(answer, dict) else None
         if not isinstance(scores, list):
-            raise RewardServerError(f"{self.url}/score answered {_short(answer)}, with no 'scores' list")
+            raise RewardServerError(f"/score answered {_short(answer)}, with no 'scores' list")
         return scores
 
     def _request(self, method: str, path: str, payload: Any = None) -> Any:
@@ -113,11 +113,11 @@ class HttpReward:
                 detail = _detail(err)
                 if err.code in (401, 403):
                     raise RewardServerError(
-                        f"{self.url} rejected the bearer token (HTTP {err.code}: {detail}); "
+                        f"the server rejected the bearer token (HTTP {err.code}: {detail}); "
                         f"set {self.token_env} to the server's --token"
                     ) from None
                 if err.code not in RETRY_STATUS or attempt + 1 == attempts:
-                    raise RewardServerError(f"{self.url}{path} answered HTTP {err.code}: {detail}") from None
+                    raise RewardServerError(f"HTTP {err.code} from {path}: {detail}") from None
                 reason = f"HTTP {err.code}"
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, socket.timeout) as err:
                 reason = _reason(err, self.timeout_s)
@@ -130,7 +130,7 @@ class HttpReward:
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RewardServerError(f"{self.url}{path} answered something that is not JSON: {_short(raw)}") from None
+            raise RewardServerError(f"{path} answered something that is not JSON: {_short(raw)}") from None
 
     def _build(self, method: str, path: str, payload: Any) -> urllib.request.Request:
         headers = {"Accept": "application/json"}
@@ -176,6 +176,6 @@ def _detail(err: urllib.error.HTTPError) -> str:
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value)
+    text = repr(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
     text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
