@@ -30,6 +30,10 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._items)}"
             ) from None
 
+    def remove(self, name: str) -> T:
+        """Take `name` out (a test's temporary entry); KeyError if it is not there."""
+        return self._items.pop(name)
+
     def names(self) -> list[str]:
         return list(self._items)
 

@@ -1,0 +1,183 @@
+"""One trainer step for the algorithm hooks: DAPO's dynamic sampling with refill
+(deterministic, bounded, resumable), its overlong shaping, REINFORCE++'s whole-batch
+whitening, and truncated importance sampling against a synthetic rollout engine."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from remax.algos.variants import varied_groups
+from remax.cli import main
+from remax.config import Config
+from remax.models import response_logprobs
+from remax.trainer import Trainer
+
+from .conftest import PROMPTS
+
+CONST = set(PROMPTS[:3])  # prompts whose every response gets the same reward: no signal
+
+
+def constant_or_vowels(prompts, responses, target):
+    return [0.5 if p in CONST else sum(c in "aeiou" for c in r) / max(len(r), 1) for p, r in zip(prompts, responses)]
+
+
+def make_trainer(model, tokenizer, tmp_path, algo="dapo", n=2, cls=Trainer, reward=constant_or_vowels, **loss):
+    cfg = Config(algo=algo, output_dir=str(tmp_path / "run"))
+    cfg.rollout.n_samples, cfg.rollout.max_new_tokens = n, 6
+    cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.lr = 2, 8, 1e-2
+    cfg.train.steps, cfg.train.grad_clip, cfg.log.progress = 1, 0.0, False
+    for k, v in loss.items():
+        setattr(cfg.loss, k, v)
+    rows = [{"prompt": p, "target": "e"} for p in PROMPTS]
+    return cls(cfg, policy=copy.deepcopy(model), tokenizer=tokenizer, reward_fn=reward, rows=rows)
+
+
+def fill_once(t):
+    rows = t.sampler.next_batch()
+    rollout = t.rollout(rows)
+    rewards, greedy = t.score(rows, rollout)
+    return t.fill(rollout, rewards, greedy)
+
+
+def prompts_of(t, samples):
+    return [t.tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(samples.prompt_ids, samples.prompt_mask)]
+
+
+def test_dapo_drops_equal_groups_and_refills(tiny_model, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    t = make_trainer(tiny_model, tokenizer, tmp_path, overlong_buffer=0.0)
+    f = fill_once(t)
+    s = f.stats
+    assert s["rollout/groups_kept"] == 2 and f.samples.num_prompts == 2 and len(f.rewards) == 4
+    assert s["rollout/prompts_drawn"] == 2 * (1 + s["rollout/refill_batches"]) >= 2
+    assert varied_groups(f.rewards, 2).all()  # every group kept has a signal
+    assert not set(prompts_of(t, f.samples)) & CONST
+    assert s["rollout/groups_dropped"] >= 1  # the seeded order puts a constant prompt in the draws
+    state = t.sampler.state_dict()
+    assert state["epoch"] * len(PROMPTS) + state["position"] == s["rollout/prompts_drawn"]  # the draws advanced it
+
+    # the same seed draws the same prompts and samples
+    torch.manual_seed(0)
+    again = fill_once(make_trainer(tiny_model, tokenizer, tmp_path / "b", overlong_buffer=0.0))
+    assert again.stats == s and torch.equal(again.rewards, f.rewards)
+    assert torch.equal(again.samples.response_ids, f.samples.response_ids)
+
+
+def test_dapo_refill_limit_and_no_signal_fallback(tiny_model, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    t = make_trainer(tiny_model, tokenizer, tmp_path, refill_max_batches=0, overlong_buffer=0.0)
+    f = fill_once(t)
+    assert f.stats["rollout/refill_batches"] == 0 and f.stats["rollout/prompts_drawn"] == 2
+    assert f.samples.num_prompts == f.stats["rollout/groups_kept"] <= 2
+    # every reward equal: nothing to keep after 2 extra batches; the first draw is trained on as it is
+    flat = make_trainer(tiny_model, tokenizer, tmp_path / "flat", refill_max_batches=2, overlong_buffer=0.0,
+                        reward=lambda prompts, responses, target: [1.0] * len(responses))
+    f = fill_once(flat)
+    assert f.stats == {"rollout/groups_kept": 0.0, "rollout/groups_dropped": 6.0, "rollout/refill_batches": 2.0,
+                       "rollout/prompts_drawn": 6.0}
+    assert f.samples.num_prompts == 2 and torch.equal(f.rewards, torch.ones(4))
+    metrics = flat.step()  # and the step still runs
+    assert metrics["rollout/groups_kept"] == 0 and metrics["loss/policy"] == 0.0
+
+
+def test_overlong_penalty_shapes_sampled_and_greedy_rewards(tiny_model, tokenizer, tmp_path):
+    # max_new_tokens 6, buffer 0.5 -> 3 tokens: length 3 -> 0, 4 -> -1/3, 5 -> -2/3, 6 -> -1
+    t = make_trainer(tiny_model, tokenizer, tmp_path, algo="remax", n=2, overlong_buffer=0.5,
+                     reward=lambda prompts, responses, target: [0.0] * len(responses))
+    rows = t.sampler.next_batch()
+    rollout = t.rollout(rows)
+    rewards, greedy = t.score(rows, rollout)
+    f = t.fill(rollout, rewards, greedy)
+    expected = lambda lengths: -((lengths - 3).clamp(min=0) / 3)
+    torch.testing.assert_close(f.rewards, expected(rollout.sampled().response_mask.sum(-1)))
+    torch.testing.assert_close(f.greedy_rewards, expected(rollout.greedy().response_mask.sum(-1)))
+
+
+def test_reinforce_pp_whitens_token_advantages_over_the_whole_batch(tiny_model, tokenizer, tmp_path):
+    t = make_trainer(tiny_model, tokenizer, tmp_path, algo="reinforce_pp", n=1)
+    rows = t.sampler.next_batch()
+    rollout = t.rollout(rows)
+    rewards, _ = t.score(rows, rollout)
+    batch = t.prepare(rollout.sampled(), rewards, None)
+    m = batch.rollout.response_mask
+    adv = batch.token_adv[m.bool()]
+    assert adv.mean().abs() < 1e-5 and adv.std().item() == pytest.approx(1.0, abs=1e-3)
+    assert batch.old_logprobs is not None  # whitening needs the whole batch before the update
+
+
+class EngineTrainer(Trainer):
+    """An engine whose log-probs are the trainer's shifted by `delta` per token (synthetic mismatch)."""
+
+    delta = 0.0
+
+    def rollout(self, rows):
+        r = super().rollout(rows)
+        with torch.no_grad():
+            lp = response_logprobs(self.policy, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+        r.engine_logprobs = (lp + self.delta) * r.response_mask
+        self.last = r
+        return r
+
+
+def _grad_and_metrics(model, tokenizer, path, delta=None, **loss):
+    torch.manual_seed(0)
+    cls = Trainer
+    if delta is not None:
+        cls = type("E", (EngineTrainer,), {"delta": delta})
+    t = make_trainer(model, tokenizer, path, algo="remax", n=2, cls=cls, reward=constant_or_vowels, **loss)
+    metrics = t.step()
+    return torch.cat([p.grad.flatten() for p in t.policy.parameters()]), metrics, t
+
+
+def test_truncated_is_scales_the_gradient_by_the_capped_ratio(tiny_model, tokenizer, tmp_path):
+    plain, m0, _ = _grad_and_metrics(tiny_model, tokenizer, tmp_path / "plain")
+    assert "rollout/is_weight_mean" not in m0  # HF backend: no engine log-probs, correction off
+    assert plain.abs().max() > 1e-4
+    # engine log-probs 0.1 lower: every token's weight is e^0.1 = 1.10517, under the cap of 2
+    g, m, _ = _grad_and_metrics(tiny_model, tokenizer, tmp_path / "small", delta=-0.1)
+    assert m["rollout/is_weight_mean"] == pytest.approx(math.exp(0.1), rel=1e-5)
+    assert m["rollout/is_capped_frac"] == 0.0
+    torch.testing.assert_close(g, math.exp(0.1) * plain, rtol=1e-4, atol=1e-7)
+    # 1.0 lower: e^1 = 2.718 on every token, capped to 2
+    g, m, _ = _grad_and_metrics(tiny_model, tokenizer, tmp_path / "big", delta=-1.0)
+    assert m["rollout/is_weight_mean"] == pytest.approx(math.e, rel=1e-5) and m["rollout/is_capped_frac"] == 1.0
+    torch.testing.assert_close(g, 2.0 * plain, rtol=1e-4, atol=1e-7)
+    # switched off: the engine's log-probs are ignored
+    g, m, _ = _grad_and_metrics(tiny_model, tokenizer, tmp_path / "off", delta=-1.0, tis="off")
+    assert "rollout/is_weight_mean" not in m
+    torch.testing.assert_close(g, plain, rtol=1e-5, atol=1e-8)
+
+
+def test_sequence_level_truncated_is(tiny_model, tokenizer, tmp_path):
+    # weight of row i: exp(0.2 * T_i), capped at 2 (rows of 4 or more tokens: e^0.8 = 2.2255)
+    _, m, t = _grad_and_metrics(tiny_model, tokenizer, tmp_path, delta=-0.2, tis="sequence")
+    lengths = t.last.sampled().response_mask.sum(-1)  # (N,)
+    raw = torch.exp(0.2 * lengths)
+    assert m["rollout/is_weight_mean"] == pytest.approx(float((raw * lengths).sum() / lengths.sum()), rel=1e-4)
+    assert m["rollout/is_capped_frac"] == pytest.approx(float(lengths[raw > 2].sum() / lengths.sum()), abs=1e-6)
+
+
+def test_dapo_resumes_to_the_same_run(tmp_path, make_args):
+    """Refill draws move the sampler inside a step; the checkpoint at the step boundary
+    holds its position, so a resumed run draws what the uninterrupted one drew."""
+    reward = tmp_path / "reward.py"
+    reward.write_text(f"CONST = {sorted(CONST)!r}\n"
+                      "def score(prompts, responses):\n"
+                      "    return [0.5 if p in CONST else sum(c in 'aeiou' for c in r) / max(len(r), 1)\n"
+                      "            for p, r in zip(prompts, responses)]\n")
+    common = ["--log.save_every", "1", "--log.plot", "False", "--train.lr_schedule", "constant",
+              "--loss.overlong_buffer", "0.5", "--reward.function", f"{reward}:score"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", *make_args(straight, "dapo", steps=3), *common]) == 0
+    assert main(["train", *make_args(split, "dapo", steps=1), *common]) == 0
+    assert main(["train", *make_args(split, "dapo", steps=3), *common, "--resume", "auto"]) == 0
+    read = lambda out: [{k: v for k, v in json.loads(l).items() if not k.startswith("perf/")}
+                        for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert read(split) == read(straight)
+    refills = [m["rollout/refill_batches"] for m in read(straight)]
+    assert sum(refills) >= 1 and all(m["rollout/groups_kept"] == 2 for m in read(straight)), refills
