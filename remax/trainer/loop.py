@@ -1,10 +1,14 @@
-"""The one training loop for every registered algorithm (remax, reinforce, rloo, grpo, ppo).
+"""The one training loop for every registered algorithm (`remax.algos.list_algorithms()`).
 
-    rollout -> score -> prepare (reference log-probs, advantages) -> update -> log / checkpoint
+    rollout -> score -> fill (group filter, shaping) -> prepare (reference log-probs,
+    advantages) -> update -> log / checkpoint
 
 The loop reads the algorithm's spec (`remax.algos.get_algorithm`) and never branches on
-its name: whether to decode a greedy baseline, whether there is a critic, which loss,
-and whether the update is a single on-policy pass all come from the spec.
+its name: whether to decode a greedy baseline, whether there is a critic, which policy
+loss (looked up in `remax.algos.POLICY_LOSSES`; one without a ratio means a single
+on-policy pass), a whole-batch token-advantage hook, and a group filter that refills the
+batch (`remax.trainer.batch_fill`) all come from the spec. Truncated importance sampling
+on a rollout engine's log-probs (`loss.tis`) weights the advantages when they are present.
 
 ReMax (Li et al., arXiv 2310.10505, Algorithm 1): for each prompt, a sampled and a greedy
 response come from ONE generate call; both are scored by the same reward call; the

@@ -106,3 +106,10 @@ def test_preset_remax_verl_trains_with_ppo_clip_minibatches(tmp_path, make_args)
     c = load_config(out / "config.yaml")
     assert (c.loss.num_minibatches, c.loss.kl_coef, c.loss.kl_placement) == (4, 0.001, "reward_to_go")
 
+
+
+def test_readme_lists_every_algorithm_with_its_paper():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for name in list_algorithms():
+        spec = get_algorithm(name)
+        assert f"| `{name}` | {spec.description} | {spec.paper} |" in readme, name
