@@ -118,7 +118,8 @@ class Trainer:
     ) -> None:
         self.config = config
         self.spec = get_algorithm(check_algo(config.algo))
-        validate_config(config, self.spec, have_policy=policy is not None, have_rows=rows is not None)
+        validate_config(config, self.spec, have_policy=policy is not None, have_rows=rows is not None,
+                        have_backend=backend is not None)
         self.kl_placement, self.kl_estimator = resolve_kl(config, self.spec)
         self.policy_loss, self.loss_params = resolve_loss(config, self.spec)  # a PolicyLoss and its scalars
         torch.manual_seed(config.train.seed)

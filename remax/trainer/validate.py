@@ -45,7 +45,8 @@ def overlong_buffer_tokens(config: Config, spec: Any) -> int:
     return max(1, round(share * config.rollout.max_new_tokens)) if share > 0 else 0
 
 
-def validate_config(config: Config, spec: Any, *, have_policy: bool = False, have_rows: bool = False) -> None:
+def validate_config(config: Config, spec: Any, *, have_policy: bool = False, have_rows: bool = False,
+                    have_backend: bool = False) -> None:
     c = config
     check_types(c)  # a Config built in Python gets the YAML file's type checks
     try:
@@ -91,6 +92,9 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
          f"--loss.overlong_buffer must be in [0, 1] (a share of max_new_tokens) or None, got {L.overlong_buffer}"),
         (L.refill_max_batches >= 0, f"--loss.refill_max_batches must be >= 0, got {L.refill_max_batches}"),
         (L.tis_cap > 0, f"--loss.tis_cap must be > 0, got {L.tis_cap}"),
+        (L.tis in ("auto", "off") or r.backend != "hf" or have_backend,
+         f"--loss.tis {L.tis} needs the rollout engine's log-probs, and the hf backend has none (its log-probs "
+         "are the trainer's); use --loss.tis auto, or a backend that reports them (--rollout.backend vllm)"),
         (L.value_clip_eps > 0, f"--loss.value_clip_eps must be > 0, got {L.value_clip_eps}"),
         (L.vf_coef >= 0, f"--loss.vf_coef must be >= 0, got {L.vf_coef}"),
         (c.log.save_every >= 0, f"--log.save_every must be >= 0 (0 only writes final/), got {c.log.save_every}"),

@@ -15,6 +15,7 @@ from remax.algos.variants import varied_groups
 from remax.cli import main
 from remax.config import Config
 from remax.models import response_logprobs
+from remax.rollout.backend import HFBackend, Sampling
 from remax.trainer import Trainer
 
 from .conftest import PROMPTS
@@ -26,7 +27,7 @@ def constant_or_vowels(prompts, responses, target):
     return [0.5 if p in CONST else sum(c in "aeiou" for c in r) / max(len(r), 1) for p, r in zip(prompts, responses)]
 
 
-def make_trainer(model, tokenizer, tmp_path, algo="dapo", n=2, cls=Trainer, reward=constant_or_vowels, **loss):
+def make_trainer(model, tokenizer, tmp_path, algo="dapo", n=2, reward=constant_or_vowels, **loss):
     cfg = Config(algo=algo, output_dir=str(tmp_path / "run"))
     cfg.rollout.n_samples, cfg.rollout.max_new_tokens = n, 6
     cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.lr = 2, 8, 1e-2
@@ -34,7 +35,7 @@ def make_trainer(model, tokenizer, tmp_path, algo="dapo", n=2, cls=Trainer, rewa
     for k, v in loss.items():
         setattr(cfg.loss, k, v)
     rows = [{"prompt": p, "target": "e"} for p in PROMPTS]
-    return cls(cfg, policy=copy.deepcopy(model), tokenizer=tokenizer, reward_fn=reward, rows=rows)
+    return Trainer(cfg, policy=copy.deepcopy(model), tokenizer=tokenizer, reward_fn=reward, rows=rows)
 
 
 def fill_once(t):
@@ -110,13 +111,18 @@ def test_reinforce_pp_whitens_token_advantages_over_the_whole_batch(tiny_model, 
     assert batch.old_logprobs is not None  # whitening needs the whole batch before the update
 
 
-class EngineTrainer(Trainer):
-    """An engine whose log-probs are the trainer's shifted by `delta` per token (synthetic mismatch)."""
+class SyntheticEngine(HFBackend):
+    """A rollout engine whose log-probs are the trainer's shifted by `delta` per token: a
+    synthetic training-inference mismatch of known size."""
 
-    delta = 0.0
+    def __init__(self, policy, config, tokenizer, delta):
+        r = config.rollout
+        super().__init__(policy, Sampling(r.max_new_tokens, r.temperature, r.top_p, r.top_k,
+                                          tokenizer.eos_token_id, tokenizer.pad_token_id))
+        self.delta, self.last = delta, None
 
-    def rollout(self, rows):
-        r = super().rollout(rows)
+    def generate(self, prompt_ids, prompt_mask, *, n, greedy):
+        r = super().generate(prompt_ids, prompt_mask, n=n, greedy=greedy)
         with torch.no_grad():
             lp = response_logprobs(self.policy, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
         r.engine_logprobs = (lp + self.delta) * r.response_mask
@@ -126,12 +132,18 @@ class EngineTrainer(Trainer):
 
 def _grad_and_metrics(model, tokenizer, path, delta=None, **loss):
     torch.manual_seed(0)
-    cls = Trainer
-    if delta is not None:
-        cls = type("E", (EngineTrainer,), {"delta": delta})
-    t = make_trainer(model, tokenizer, path, algo="remax", n=2, cls=cls, reward=constant_or_vowels, **loss)
+    cfg = Config(algo="remax", output_dir=str(path / "run"))
+    cfg.rollout.n_samples, cfg.rollout.max_new_tokens = 2, 6
+    cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.lr = 2, 8, 1e-2
+    cfg.train.steps, cfg.train.grad_clip, cfg.log.progress = 1, 0.0, False
+    for k, v in loss.items():
+        setattr(cfg.loss, k, v)
+    policy = copy.deepcopy(model)
+    engine = None if delta is None else SyntheticEngine(policy, cfg, tokenizer, delta)
+    rows = [{"prompt": p, "target": "e"} for p in PROMPTS]
+    t = Trainer(cfg, policy=policy, tokenizer=tokenizer, reward_fn=constant_or_vowels, rows=rows, backend=engine)
     metrics = t.step()
-    return torch.cat([p.grad.flatten() for p in t.policy.parameters()]), metrics, t
+    return torch.cat([p.grad.flatten() for p in t.policy.parameters()]), metrics, engine
 
 
 def test_truncated_is_scales_the_gradient_by_the_capped_ratio(tiny_model, tokenizer, tmp_path):
@@ -153,10 +165,17 @@ def test_truncated_is_scales_the_gradient_by_the_capped_ratio(tiny_model, tokeni
     torch.testing.assert_close(g, plain, rtol=1e-5, atol=1e-8)
 
 
+def test_explicit_tis_without_engine_log_probs_is_one_line(tiny_model, tokenizer, tmp_path):
+    from remax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--loss.tis token needs the rollout engine's log-probs"):
+        make_trainer(tiny_model, tokenizer, tmp_path, algo="remax", tis="token")
+
+
 def test_sequence_level_truncated_is(tiny_model, tokenizer, tmp_path):
     # weight of row i: exp(0.2 * T_i), capped at 2 (rows of 4 or more tokens: e^0.8 = 2.2255)
-    _, m, t = _grad_and_metrics(tiny_model, tokenizer, tmp_path, delta=-0.2, tis="sequence")
-    lengths = t.last.sampled().response_mask.sum(-1)  # (N,)
+    _, m, engine = _grad_and_metrics(tiny_model, tokenizer, tmp_path, delta=-0.2, tis="sequence")
+    lengths = engine.last.sampled().response_mask.sum(-1)  # (N,)
     raw = torch.exp(0.2 * lengths)
     assert m["rollout/is_weight_mean"] == pytest.approx(float((raw * lengths).sum() / lengths.sum()), rel=1e-4)
     assert m["rollout/is_capped_frac"] == pytest.approx(float(lengths[raw > 2].sum() / lengths.sum()), abs=1e-6)
