@@ -92,7 +92,7 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = 0.3
     """vllm on GPU: share of the GPU's memory the engine may take (weights + KV cache); the trainer needs the rest."""
     vllm_cpu_kvcache_gb: float = 1.0
-    """vllm on CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    """vllm on CPU: KV-cache space in GiB (the engine's kv_cache_memory_bytes; an exported VLLM_CPU_KVCACHE_SPACE wins)."""
     vllm_sleep: bool = True
     """vllm on GPU: put the engine to sleep (weights and KV cache freed) during the update, where vLLM offers it."""
 
@@ -169,6 +169,8 @@ class LossConfig:
     """Upper clip (DAPO's clip-higher: 0.28; GSPO: 4e-4); None takes the algorithm's, else clip_eps."""
     overlong_buffer: Optional[float] = None
     """DAPO's soft overlong penalty: over the last this share of max_new_tokens the reward ramps down to -1 (dapo: 0.2); 0 turns it off; None takes the algorithm's."""
+    mask_truncated: bool = False
+    """DAPO's overlong filtering: a response cut at max_new_tokens without an EOS gets no loss (logged as rollout/truncated_masked)."""
     refill_max_batches: int = 4
     """Dynamic sampling (dapo): at most this many extra prompt batches are drawn per step to replace groups whose rewards are all equal."""
     tis: Literal["auto", "off", "token", "sequence"] = "auto"

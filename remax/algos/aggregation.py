@@ -20,7 +20,8 @@ micro-batch loss. Across ranks, use the global counts (summed over ranks); since
 *averages* gradients over the world, scale each rank's loss by the world size (or pass
 counts divided by it) to recover the same gradient.
 
-An all-zero mask gives 0, not NaN: the default token count is clamped to 1.
+An all-zero mask gives 0, not NaN: the default token count is clamped to 1 (a given
+count of 0 to 1e-8).
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ AGGREGATIONS: Registry[AggFn] = Registry("aggregation mode")
 
 def _token_mean(values, mask, num_tokens, num_seqs, max_len):
     total = (values * mask).sum()
-    denom = mask.sum().clamp(min=1.0) if num_tokens is None else num_tokens
-    return total / denom
+    if num_tokens is None:
+        return total / mask.sum().clamp(min=1.0)
+    # a batch with no response tokens (all masked) gives 0, not 0/0; a global count over
+    # ranks may be a fraction (count / world), so the floor is far below any real one
+    return total / (num_tokens.clamp(min=1e-8) if torch.is_tensor(num_tokens) else max(num_tokens, 1e-8))
 
 
 def _seq_mean_token_sum(values, mask, num_tokens, num_seqs, max_len):

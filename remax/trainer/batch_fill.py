@@ -17,10 +17,14 @@ Overlong shaping (eq. 13): with a buffer of L_cache tokens before max_new_tokens
 response longer than max_new_tokens - L_cache gets a penalty ramping linearly to -1
 (`remax.algos.variants.overlong_penalty`), added to the reward of sampled and greedy
 rows alike, so a baseline and its samples take the same reward path.
+
+Overlong filtering (sec. 3.4, `loss.mask_truncated`): a response cut at max_new_tokens
+without an EOS gets a zero loss mask, so a truncated answer is neither pushed up nor down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -62,10 +66,27 @@ def fill_batch(
     shape: Callable[[Rollout, torch.Tensor, Optional[torch.Tensor]], tuple[torch.Tensor, Optional[torch.Tensor]]],
     pad_token_id: int = 0,
     decide: Callable[[bool], bool] = lambda flag: flag,
+    mask_truncated_eos: Optional[int] = None,
 ) -> Filled:
     """The batch to train on. `first`: this step's scored rollout; `draw(k)`: the k-th
     extra prompt batch (k = 1, 2, ...), rolled out and scored; `shape(rollout, rewards, greedy)`: reward
-    shaping; `decide(flag)`: the decision to draw again, taken alike on every rank."""
+    shaping; `decide(flag)`: the decision to draw again, taken alike on every rank;
+    `mask_truncated_eos`: the EOS id, to mask responses that never reach it (None: off)."""
+    filled = _fill(first, draw, group_filter, max_extra, shape, pad_token_id, decide)
+    if mask_truncated_eos is not None:
+        filled.samples, filled.stats["rollout/truncated_masked"] = mask_truncated(filled.samples, mask_truncated_eos)
+    return filled
+
+
+def mask_truncated(samples: Rollout, eos_token_id: int) -> tuple[Rollout, float]:
+    """Zero the response mask of rows with no EOS (cut at max_new_tokens); -> (rollout, their count)."""
+    mask = samples.response_mask
+    ended = ((samples.response_ids == eos_token_id) & mask.bool()).any(-1)  # (N,)
+    samples = dataclasses.replace(samples, response_mask=mask * ended.unsqueeze(-1).to(mask.dtype))
+    return samples, float((~ended).sum())
+
+
+def _fill(first, draw, group_filter, max_extra, shape, pad_token_id, decide) -> Filled:
     rollout, rewards, greedy = first
     if group_filter is None:
         rewards, greedy = shape(rollout, rewards, greedy)

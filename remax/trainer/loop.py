@@ -337,7 +337,8 @@ class Trainer:
 
         return fill_batch((rollout, rewards, greedy_rewards), draw, group_filter=self.spec.group_filter,
                           max_extra=self.config.loss.refill_max_batches, pad_token_id=self.tokenizer.pad_token_id,
-                          shape=lambda r, rw, g: shape_rewards(r, rw, g, max_len, buffer), decide=self.dist.from_main)
+                          shape=lambda r, rw, g: shape_rewards(r, rw, g, max_len, buffer), decide=self.dist.from_main,
+                          mask_truncated_eos=self.eos_token_id if self.config.loss.mask_truncated else None)
 
     def prepare(self, samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor]) -> Batch:
         """Reference log-probs and advantages; old log-probs / values only where the update needs them."""

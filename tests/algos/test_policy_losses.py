@@ -110,3 +110,15 @@ def test_a_spec_with_an_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="default_agg 'sum'"):
         dataclasses.replace(get_algorithm("grpo"), default_agg="sum")
     assert get_algorithm("grpo").on_policy is False and get_algorithm("remax").on_policy is True
+
+
+def test_token_mean_of_an_all_masked_batch_is_zero_with_a_finite_gradient():
+    from remax.algos import aggregate
+
+    v = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    out = aggregate(v, torch.zeros(1, 2), "token_mean", num_tokens=torch.tensor(0.0))
+    out.backward()
+    assert out.item() == 0.0 and torch.equal(v.grad, torch.zeros(1, 2))
+    assert aggregate(v, torch.zeros(1, 2), "token_mean", num_tokens=0).item() == 0.0
+    # a fractional global count (1 token over 2 ranks) is used as it is: 2 / 0.5
+    assert aggregate(v.detach(), torch.tensor([[0.0, 1.0]]), "token_mean", num_tokens=0.5).item() == 4.0

@@ -200,3 +200,21 @@ def test_dapo_resumes_to_the_same_run(tmp_path, make_args):
     assert read(split) == read(straight)
     refills = [m["rollout/refill_batches"] for m in read(straight)]
     assert sum(refills) >= 1 and all(m["rollout/groups_kept"] == 2 for m in read(straight)), refills
+
+
+def test_mask_truncated_zeroes_responses_without_eos(tiny_model, tokenizer, tmp_path):
+    from remax.rollout import Rollout
+    from remax.trainer.batch_fill import mask_truncated
+
+    eos = 9
+    r = Rollout(prompt_ids=torch.ones(3, 2, dtype=torch.long), prompt_mask=torch.ones(3, 2, dtype=torch.long),
+                response_ids=torch.tensor([[5, eos, 0], [5, 6, 7], [eos, 0, 0]]),
+                response_mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
+                num_prompts=3, n=1, has_greedy=False)
+    out, count = mask_truncated(r, eos)
+    assert count == 1.0
+    assert torch.equal(out.response_mask, torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    # in a step: every row without an EOS is counted and left out of the loss
+    t = make_trainer(tiny_model, tokenizer, tmp_path, algo="dapo", mask_truncated=True, overlong_buffer=0.0)
+    m = t.step()
+    assert 0 <= m["rollout/truncated_masked"] <= 4 and m["loss/policy"] == m["loss/policy"]
