@@ -128,6 +128,11 @@ class AdaptersOff:
         with self.policy.disable_adapter():
             return self.policy.generate(*args, **kwargs)
 
+    def parameters(self):
+        """The policy's own tensors (shared, not copies), as `next(model.parameters())`
+        device look-ups expect; pi_ref trains nothing, so nothing here is handed to an optimizer."""
+        return self.policy.parameters()
+
     @property
     def device(self) -> torch.device:
         return next(self.policy.parameters()).device

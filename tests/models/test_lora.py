@@ -77,7 +77,8 @@ def test_reference_is_the_base_with_adapters_off_and_holds_no_copy(tokenizer):
     # and the adapters are on again after the reference's call
     assert torch.equal(response_logprobs(policy, ids, mask, resp, rmask), on)
     # the reference owns no tensors: pi_ref costs no memory beyond the policy
-    assert not hasattr(ref, "parameters")
+    assert {p.data_ptr() for p in ref.parameters()} == {p.data_ptr() for p in policy.parameters()}
+    assert not any(isinstance(v, (torch.nn.Module, torch.Tensor)) for k, v in vars(ref).items() if k != "policy")
 
 
 def test_reference_for_already_trained_adapters_is_a_frozen_merged_copy(tokenizer):
