@@ -155,8 +155,8 @@ def serve(config: ServeConfig) -> None:
     try:
         reward = build_reward(config.kind, function=config.function, model=config.model, device=config.device,
                               batch_size=config.batch_size, max_length=config.max_length)
-    except ValueError as err:
-        raise InputError(_one_line(err)) from None
+    except ValueError as err:  # build_reward names the trainer's flags: --reward.function -> --function
+        raise InputError(_one_line(err).replace("--reward.", "--")) from None
     app = create_app(reward, token=token)
     sock = bind(config.host, config.port)
     url = _url(config.host, sock.getsockname()[1])

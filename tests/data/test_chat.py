@@ -49,3 +49,28 @@ def test_bad_chats_name_the_row(prompt, message):
     with pytest.raises(DataError, match=rf"^f\.jsonl:7: {message}"):
         check_row({"prompt": prompt}, "prompt", "f.jsonl:7")
     check_row({"prompt": CHAT}, "prompt", "f.jsonl:7")  # a good chat passes
+
+
+def test_training_on_chat_prompts_from_parquet(chat_tokenizer, tmp_path, capsys):
+    """End to end: chats in a Parquet file, rendered by the policy tokenizer's chat template;
+    the reward sees each chat as its list of messages (here it counts them)."""
+    import json
+
+    import pandas as pd
+
+    from remax.cli import main
+    from remax.models.tiny import tiny_causal_lm
+
+    policy = tmp_path / "policy"
+    tiny_causal_lm(chat_tokenizer, n_positions=128).save_pretrained(policy)
+    chat_tokenizer.save_pretrained(policy)  # the chat template travels with the tokenizer
+    pd.DataFrame({"prompt": [CHAT, CHAT[1:], CHAT, CHAT[1:]]}).to_parquet(tmp_path / "chats.parquet")
+    (tmp_path / "r.py").write_text("def turns(prompts, responses):\n    return [float(len(p)) for p in prompts]\n")
+    out = tmp_path / "run"
+    code = main(["train", "--output_dir", str(out), "--model.policy", str(policy),
+                 "--data.train_file", str(tmp_path / "chats.parquet"), "--reward.function", f"{tmp_path / 'r.py'}:turns",
+                 "--rollout.max_new_tokens", "4", "--train.steps", "1", "--train.batch_size", "4",
+                 "--log.progress", "False", "--log.plot", "False"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["rollout/reward_mean"] == 1.5  # (2 + 1 + 2 + 1) / 4 messages
