@@ -58,6 +58,8 @@ class SpeedConfig:
     """Prompts per step in the TRL race."""
     trl_n: int = 4
     """Samples per prompt in the TRL race (GRPO needs 2 or more)."""
+    trl_algos: tuple[str, ...] = ("remax", "grpo")
+    """remax algorithms raced against TRL's GRPO at the race's prompts x samples."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu' or 'cuda'."""
     seed: int = 0
@@ -91,6 +93,11 @@ def check_config(cfg: SpeedConfig) -> str:
         raise InputError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.trl and cfg.trl_n < 2:
         raise InputError(f"--trl_n must be >= 2 (GRPO compares samples of one prompt), got {cfg.trl_n}")
+    for algo in cfg.trl_algos if cfg.trl else ():
+        try:
+            common.get_algorithm_or_input_error(algo).check_samples(cfg.trl_n)
+        except ValueError as err:
+            raise InputError(f"--trl_algos / --trl_n: {err}") from None
     if cfg.trl:
         from remax.bench.trl_race import require_trl
 
@@ -112,8 +119,9 @@ def jobs(cfg: SpeedConfig, model_dir: str, device: str) -> dict[str, tuple[str, 
         out[algo] = (TRAINER, dict(base, algo=algo, prompts=prompts, n=n))
     if cfg.trl:
         race = dict(base, prompts=cfg.trl_prompts, n=cfg.trl_n)
-        out["race/remax"] = (TRAINER, dict(race, algo="remax"))
-        out["race/grpo"] = (TRAINER, dict(race, algo="grpo"))
+        for algo in cfg.trl_algos:
+            if out.get(algo, (None, {}))[1] != dict(race, algo=algo):  # else: that run serves the race too
+                out[f"race/{algo}"] = (TRAINER, dict(race, algo=algo))
         out["race/trl-grpo"] = ("remax.bench.trl_race:measure_trl", dict(race, algo="trl-grpo"))
     return out
 
@@ -144,7 +152,7 @@ def run_speed(cfg: SpeedConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
     rate = median(r["matmul_gflops"] for rs in results.values() for r in rs if "matmul_gflops" in r)
     summary = {a: summarize(results[a], rate) for a in cfg.algos}
     add_ratios(summary, results, cfg.algos)
-    race = race_summary(results) if cfg.trl else None
+    race = race_summary(results, cfg.trl_algos) if cfg.trl else None
     params = next(iter(results.values()))[0]["params"]["policy"]
     raw = {"command": common.command_line("remax bench speed", argv), "config": vars(cfg),
            "machine": common.machine_info(device), "params": params, "matmul_gflops": rate,
@@ -198,20 +206,21 @@ def add_ratios(summary: dict[str, dict[str, Any]], results: dict[str, list[dict]
             s[f"mem_vs_{ref}"] = s["peak_mem_mb"] / summary[ref]["peak_mem_mb"]
 
 
-def race_summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """remax's ReMax and GRPO vs TRL's GRPO: seconds per 1k sampled tokens (the trained-on
-    responses; ReMax's greedy rows are extra work it must pay), and TRL's time / remax's."""
+def race_summary(results: dict[str, list[dict[str, Any]]], algos: Sequence[str]) -> dict[str, Any]:
+    """remax's algorithms (ReMax, GRPO) vs TRL's GRPO: seconds per 1k sampled tokens (the
+    trained-on responses; ReMax's greedy rows are extra work it must pay), TRL's time / remax's."""
     out = {}
-    for label in ("race/remax", "race/grpo", "race/trl-grpo"):
-        steps = _steps(results[label])
-        out[label] = {"prompts": results[label][0]["prompts"], "n": results[label][0]["n"],
+    for label in [f"race/{a}" for a in algos] + ["race/trl-grpo"]:
+        runs = results.get(label) or results[label.split("/", 1)[1]]  # a main run at the race's settings
+        steps = _steps(runs)
+        out[label] = {"prompts": runs[0]["prompts"], "n": runs[0]["n"],
                       "step_s": median(s["perf/step_s"] for s in steps),
                       "sampled_tokens": median(s["tokens/sampled"] for s in steps),
                       "s_per_1k_sampled": median(1e3 * s["perf/step_s"] / s["tokens/sampled"] for s in steps),
                       "generated_tok_per_s": median(s["tokens/generated"] / s["perf/step_s"] for s in steps),
-                      "peak_mem_mb": max(r["peak_mem_mb"] for r in results[label])}
+                      "peak_mem_mb": max(r["peak_mem_mb"] for r in runs)}
     trl = out["race/trl-grpo"]["s_per_1k_sampled"]
-    for label in ("race/remax", "race/grpo"):
+    for label in [f"race/{a}" for a in algos]:
         out[label]["trl_over_this"] = trl / out[label]["s_per_1k_sampled"]
     return out
 
