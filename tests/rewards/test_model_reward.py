@@ -108,3 +108,13 @@ def test_rejects_bad_setup(make_reward_model, tmp_path, reward_model_dir):
         RewardModelReward(str(path))
     with pytest.raises(ValueError, match="empty prompt \\+ response"):
         RewardModelReward(str(reward_model_dir))([""], [""])
+
+
+def test_chat_prompts_are_scored_as_their_messages_plus_the_response(make_reward_model, tmp_path):
+    chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Love is"}]
+    templated = RewardModelReward(str(make_reward_model(tmp_path / "t", chat_template=CHAT_TEMPLATE)))
+    assert templated.format_texts([chat], [" kind."]) == [
+        "<|endoftext|><|system|>Be kind.\n<|user|>Love is\n<|assistant|> kind.\n"]
+    plain = RewardModelReward(str(make_reward_model(tmp_path / "p")))
+    assert plain.format_texts([chat], [" kind."]) == ["Be kind.\nLove is\n kind."]
+    assert plain([chat], [" kind."]).tolist() == pytest.approx(plain(["Be kind.\nLove is\n"], [" kind."]).tolist())
