@@ -19,7 +19,6 @@ Both models must share one vocabulary: the reference reads the policy's tokens.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -181,17 +180,13 @@ def _device(model: Any) -> torch.device:
 
 
 # ------------------------------------------------------------------ command
-def reward_from_config(r: RewardConfig, device: str) -> Callable[..., Any]:
-    """build_reward from the reward.* options, as `remax train` builds it: every option
-    build_reward takes is passed on; a bad spec is one ConfigError line."""
-    from remax.rewards import build_reward
+def build_eval_reward(r: RewardConfig, device: str) -> Callable[..., Any]:
+    """The reward from the reward.* options, built as `remax train` builds it; a bad spec is
+    one ConfigError line."""
+    from remax.rewards import reward_from_config
 
-    params = inspect.signature(build_reward).parameters
-    kwargs = {k: getattr(r, k) for k in params if k != "kind" and hasattr(r, k)}
-    if "device" in params:
-        kwargs["device"] = device
     try:
-        return build_reward(r.kind, **kwargs)
+        return reward_from_config(r, device=device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -233,7 +228,7 @@ def run_eval(c: EvalConfig) -> dict[str, Any]:
         raise ConfigError(f"--reference has {_vocab_size(reference)} token embeddings and --policy "
                           f"{_vocab_size(policy)}; the KL needs one shared vocabulary: compare models of one family")
     tokenizer = load_tokenizer(c.policy, flag="--policy")
-    reward_fn = reward_from_config(c.reward, str(device))
+    reward_fn = build_eval_reward(c.reward, str(device))
     prompts = [r[c.prompt_column] for r in rows]
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != c.prompt_column}
     result = compare(policy, reference, tokenizer, prompts, reward_fn, extra=extra,
