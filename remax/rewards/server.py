@@ -37,8 +37,8 @@ class ServeConfig:
     """For kind=python: 'package.module:function' or 'path/to/file.py:function'."""
     model: Optional[str] = None
     """For kind=model: hub name or local path of an AutoModelForSequenceClassification."""
-    device: str = "cpu"
-    """Device of a reward model: 'cpu', 'cuda', 'cuda:1', ..."""
+    device: str = "auto"
+    """Device of a reward model: 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
     batch_size: int = 32
     """Reward-model scoring batch size."""
     max_length: int = 1024
@@ -149,11 +149,16 @@ def serve(config: ServeConfig) -> None:
         import uvicorn
     except ImportError:
         raise _missing_extra() from None
+    from remax.models.loading import resolve_device
     from remax.rewards import build_reward
 
     token = config.token or os.environ.get(DEFAULT_TOKEN_ENV) or None
+    try:  # a missing GPU: one line that names the flag
+        device = str(resolve_device(config.device))
+    except InputError as err:
+        raise InputError(str(err).replace("--model.device", "--device")) from None
     try:
-        reward = build_reward(config.kind, function=config.function, model=config.model, device=config.device,
+        reward = build_reward(config.kind, function=config.function, model=config.model, device=device,
                               batch_size=config.batch_size, max_length=config.max_length)
     except ValueError as err:  # build_reward names the trainer's flags: --reward.function -> --function
         raise InputError(_one_line(err).replace("--reward.", "--")) from None
