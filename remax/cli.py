@@ -26,6 +26,8 @@ Align a causal language model with ReMax (or reinforce, rloo, grpo, ppo).
 commands:
   train   train a policy: remax train --config run.yaml [--section.field VALUE ...]
   bench   benchmarks: remax bench speed | memory | quality (the paper's claims, measured)
+  plan    peak memory per device before launching, and what to change if it does not fit:
+          remax plan --model PATH --algo remax --batch 8 --max-new-tokens 256 [--zero 3 --gpus 8]
   serve-reward  serve a reward over HTTP for --reward.kind http:
           remax serve-reward --kind python --function reward.py:score [--port 8000 --token T]
   eval    compare a policy with a reference on held-out prompts:
@@ -164,17 +166,43 @@ def explain_bad_flags(cls: type, args: Sequence[str]) -> Optional[str]:
     return None
 
 
+def split_num_processes(args: Sequence[str]) -> tuple[int, list[str]]:
+    """Take `--num_processes N` (or `--num_processes=N`) out of the arguments; 1 if absent."""
+    rest, n, it = [], 1, iter(args)
+    for a in it:
+        if a == "--num_processes":
+            value = next(it, None)
+        elif a.startswith("--num_processes="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+            continue
+        if value is None or not value.isdigit() or int(value) < 1:
+            raise UsageError(f"--num_processes needs a positive integer, got {value!r}")
+        n = int(value)
+    return n, rest
+
+
 def cmd_train(args: Sequence[str]) -> int:
     from remax.trainer import Trainer
+    from remax.trainer.distributed import launched_world
 
+    n, args = split_num_processes(args)
+    if n > 1 and launched_world() == 1:  # the shortcut: relaunch this command in n processes (torchrun)
+        import subprocess
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+               "-m", "remax", "train", *args]
+        return subprocess.call(cmd)
     config = parse_train_args(args)
     trainer = Trainer(config)
     history = trainer.train()
     last = history[-1]
-    print(
-        f"done: {len(history)} steps, reward {history[0]['rollout/reward_mean']:.4f} -> "
-        f"{last['rollout/reward_mean']:.4f}; wrote {config.output_dir}/final"
-    )
+    if trainer.dist.is_main:
+        print(
+            f"done: {len(history)} steps, reward {history[0]['rollout/reward_mean']:.4f} -> "
+            f"{last['rollout/reward_mean']:.4f}; wrote {config.output_dir}/final"
+        )
     return 0
 
 
@@ -213,6 +241,15 @@ def cmd_serve_reward(args: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": cmd_train, "bench": cmd_bench, "demo": cmd_demo}
 COMMANDS["serve-reward"] = cmd_serve_reward
+
+
+def cmd_plan(args: Sequence[str]) -> int:
+    from remax.plan import main as plan_main
+
+    return plan_main(args)
+
+
+COMMANDS["plan"] = cmd_plan
 
 
 def cmd_eval(args: Sequence[str]) -> int:
