@@ -72,6 +72,15 @@ def check_size(name: str, device: str) -> ModelSize:
     return size
 
 
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads for this process; 0 keeps torch's default. On a CPU that
+    other jobs share, one thread per process wastes less time in thread barriers."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else as given."""
     if device != "auto":
@@ -311,6 +320,7 @@ def measure_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     from remax.trainer import Trainer
 
     device = resolve_device(spec["device"])
+    set_threads(spec.get("threads", 0))
     torch.manual_seed(spec["seed"])
     gflops = matmul_gflops(device)
     rows = [{"prompt": p} for p in bench_prompts(256, spec["seed"])]

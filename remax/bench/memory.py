@@ -50,6 +50,8 @@ class MemoryConfig:
     """Training steps per measured run (>= 2: the first allocates Adam's moments, the second reuses them)."""
     repeats: int = 1
     """Measured runs per (size, algorithm), interleaved; the peak is their median."""
+    threads: int = 0
+    """torch threads per measured process; 0: torch's default (one per core)."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu' or 'cuda'."""
     seed: int = 0
@@ -107,7 +109,7 @@ def run_memory(cfg: MemoryConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
                 prompts, n = common.samples_rule(algo, cfg.prompts, cfg.n)
                 spec = dict(algo=algo, model_dir=dirs[size], prompts=prompts, n=n, device=device,
                             max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, seed=cfg.seed,
-                            warmup=cfg.steps - 1, steps=1)
+                            warmup=cfg.steps - 1, steps=1, threads=cfg.threads)
                 results[(size, algo)].append(common.run_worker(common.TRAINER_WORKER, spec))
     rows = summarize(results, sizes, cfg.algos)
     raw = {"command": common.command_line("remax bench memory", argv), "config": vars(cfg),
@@ -151,7 +153,8 @@ def render(raw: dict[str, Any], cfg: MemoryConfig) -> str:
              f"{', ' + m['gpu'] if 'gpu' in m else ''}; torch {m['torch']}, transformers {m['transformers']}  ",
              f"{cfg.prompts} prompts x {cfg.n}, {cfg.max_new_tokens} new tokens, fp32, AdamW; {mem} of a fresh "
              f"process over {cfg.steps} training steps; base = RSS before the model is loaded (CPU); "
-             f"count = weights + grads + 2 Adam moments of every trained tensor, weights of frozen ones", ""]
+             f"count = weights + grads + 2 Adam moments of every trained tensor, weights of frozen ones; "
+             f"torch threads per process: {cfg.threads or 'default'}", ""]
     table = [[r["size"], f"{r['params'] / 1e6:.2f}M", r["algo"], r["peak_mb"], r["above_base_mb"], r["count_mb"],
               f"{r['count_per_param']:.1f}N", r["peak_mb_vs_ppo"], r["above_base_mb_vs_ppo"], r["count_mb_vs_ppo"]]
              for r in raw["rows"]]

@@ -84,6 +84,8 @@ class QualityConfig:
     """Cache of the demo's pretrained model (built on first use, as `remax demo` does)."""
     pretrain_steps: Optional[int] = None
     """Pretraining steps if the demo model must be built; default: the demo's."""
+    threads: int = 0
+    """torch threads; 0: torch's default (one per core)."""
     out: str = "benchmarks/results"
     """Directory for quality.md, quality.json and the PNG plots."""
     plot: bool = True
@@ -334,6 +336,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 # ------------------------------------------------------------------ the run
 def run_quality(cfg: QualityConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
     check_config(cfg)
+    common.set_threads(cfg.threads)
     task = load_task(cfg)
     start = time.perf_counter()
     snap_steps = (0, cfg.steps // 2, cfg.steps) if cfg.grad_algos else ()

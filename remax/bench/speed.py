@@ -60,6 +60,8 @@ class SpeedConfig:
     """Samples per prompt in the TRL race (GRPO needs 2 or more)."""
     trl_algos: tuple[str, ...] = ("remax", "grpo")
     """remax algorithms raced against TRL's GRPO at the race's prompts x samples."""
+    threads: int = 0
+    """torch threads per measured process; 0: torch's default (one per core)."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu' or 'cuda'."""
     seed: int = 0
@@ -112,7 +114,7 @@ def check_config(cfg: SpeedConfig) -> str:
 def jobs(cfg: SpeedConfig, model_dir: str, device: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """label -> (worker target, spec) for every measured run of one repetition."""
     base = dict(model_dir=model_dir, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
-                device=device, seed=cfg.seed, warmup=cfg.warmup, steps=cfg.steps)
+                device=device, seed=cfg.seed, warmup=cfg.warmup, steps=cfg.steps, threads=cfg.threads)
     out = {}
     for algo in cfg.algos:
         prompts, n = common.samples_rule(algo, cfg.prompts, cfg.n)
@@ -243,7 +245,8 @@ def render(raw: dict[str, Any], cfg: SpeedConfig) -> str:
              f"{cfg.max_new_tokens} new tokens, KL {cfg.kl_coef}, top-p 0.9, VADER reward, "
              f"{cfg.repeats} interleaved repetitions x {cfg.steps} timed steps (after {cfg.warmup} warm-up); "
              f"median step; ratios are of medians, (min-max over repetitions); "
-             f"fp32 matmul rate measured in this run: {raw['matmul_gflops']:.1f} GFLOP/s", ""]
+             f"fp32 matmul rate measured in this run: {raw['matmul_gflops']:.1f} GFLOP/s; "
+             f"torch threads per process: {cfg.threads or 'default'}", ""]
     rows = [[a, f"{s['prompts']}x{s['n']}", s["step_s"], s["rollout_s"], s["score_s"], s["prepare_s"],
              s["update_s"], s["other_s"], s["peak_mem_mb"], s["generated_tok_per_s"],
              _ratio(s, "ppo"), _ratio(s, "reinforce"), s.get("mem_vs_ppo", float("nan"))]

@@ -77,10 +77,11 @@ def measure_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
-    from remax.bench.common import bench_prompts, matmul_gflops, peak_rss_mb, resolve_device
+    from remax.bench.common import bench_prompts, matmul_gflops, peak_rss_mb, resolve_device, set_threads
     from remax.rewards import VaderReward
 
     device = resolve_device(spec["device"])
+    set_threads(spec.get("threads", 0))
     spec = dict(spec, device=device)
     gflops = matmul_gflops(device)
     vader = VaderReward()
