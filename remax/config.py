@@ -64,7 +64,7 @@ class DataConfig:
     max_prompt_tokens: int = 256
     """Longer prompts keep their last tokens (authors: 256)."""
     chat_template: bool = False
-    """Wrap each prompt as a user message with the tokenizer's chat template."""
+    """Wrap each string prompt as a user message with the tokenizer's chat template (chat prompts, lists of messages, always go through it)."""
     shuffle: bool = True
     """Reshuffle the prompts every epoch (seeded)."""
     context_overflow: Literal["error", "truncate"] = "error"
