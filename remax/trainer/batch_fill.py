@@ -116,9 +116,11 @@ def _fill(first, draw, group_filter, max_extra, shape, pad_token_id, decide) -> 
 
 def _take_groups(rollout: Rollout, rewards: torch.Tensor, greedy: Optional[torch.Tensor],
                  groups: torch.Tensor) -> Filled:
-    """The sampled rows of prompts `groups` (k,), layout kept: k prompts x n samples."""
+    """The sampled rows of prompts `groups` (k,), layout kept: k prompts x n samples (the
+    groups kept beyond B are neither trained on nor counted as dropped)."""
     n = rollout.n
-    rows = (groups.unsqueeze(-1) * n + torch.arange(n)).flatten().to(rollout.prompt_ids.device)  # (k*n,)
+    rows = (groups.unsqueeze(-1) * n + torch.arange(n, device=groups.device)).flatten()  # (k*n,)
+    rows = rows.to(rollout.prompt_ids.device)
     s = rollout.sampled()
     sub = Rollout(
         prompt_ids=s.prompt_ids[rows], prompt_mask=s.prompt_mask[rows],
