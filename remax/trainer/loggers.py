@@ -183,18 +183,24 @@ class WandbLogger:
         self.run.log(scalars(metrics), step=step)
 
     def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
-        table = self.wandb.Table(columns=list(SAMPLE_COLUMNS), data=[[r[c] for c in SAMPLE_COLUMNS] for r in rows])
+        data = [[_plain(r[c]) for c in SAMPLE_COLUMNS] for r in rows]
+        table = self.wandb.Table(columns=list(SAMPLE_COLUMNS), data=data)
         self.run.log({"samples": table}, step=step)
 
     def close(self) -> None:
         self.run.finish()
 
 
+def _plain(value: Any) -> Any:
+    """A table cell wandb can type: a chat prompt (a list of messages) becomes its JSON."""
+    return value if value is None or isinstance(value, (str, int, float)) else json.dumps(value)
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The samples table as markdown (TensorBoard's text plugin renders it)."""
 
     def cell(v: Any) -> str:
-        text = f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+        text = f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(_plain(v)))
         return " ".join(text.split()).replace("|", "\\|")
 
     head = "| " + " | ".join(SAMPLE_COLUMNS) + " |\n|" + "---|" * len(SAMPLE_COLUMNS) + "\n"

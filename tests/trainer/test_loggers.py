@@ -48,6 +48,8 @@ def test_sample_rows_n2_and_limit():
     table = markdown_table(no_greedy + [{**no_greedy[0], "sampled": "a|b\nc"}])
     assert table.splitlines()[2] == "| 1 | p | x |  | 2.0000 |  |"
     assert "a\\|b c" in table.splitlines()[3]
+    chat = sample_rows(1, [[{"role": "user", "content": "hi"}]], ["x"], [0.0], None, None, n=1, limit=0)
+    assert '[{"role": "user", "content": "hi"}]' in markdown_table(chat)  # a chat prompt as its JSON
 
 
 def test_reward_curve_has_a_kl_panel():
