@@ -324,16 +324,18 @@ def closest(word: str, choices: typing.Iterable[str]) -> Optional[str]:
 
 
 def nearest_key(path: str, known_here: Optional[typing.Iterable[str]] = None) -> Optional[str]:
-    """The dotted key an unknown `path` most likely meant: a close name in its own section
-    (`known_here`), the same name in another section ('lr' -> 'train.lr'), or a close
-    dotted name anywhere; None when nothing is close."""
+    """The dotted key an unknown `path` most likely meant: the same name in another section
+    ('lr' -> 'train.lr', before the close-looking section 'lora'), a close name in its own
+    section (`known_here`), or a close dotted name anywhere; None when nothing is close."""
     section, _, leaf = path.rpartition(".")
+    keys = list(all_keys())
+    same_leaf = [k for k in keys if k.rpartition(".")[2] == leaf]
+    if same_leaf:
+        return same_leaf[0]
     near = closest(leaf, known_here or [])
     if near is not None:
         return (section + "." if section else "") + near
-    keys = list(all_keys())
-    same_leaf = [k for k in keys if k.rpartition(".")[2] == leaf]
-    return same_leaf[0] if same_leaf else closest(path, keys)
+    return closest(path, keys)
 
 
 def type_name(tp: Any) -> str:
