@@ -21,7 +21,8 @@ from remax.errors import InputError, RemaxError
 
 USAGE = """usage: remax COMMAND [OPTIONS]
 
-Align a causal language model with ReMax (or reinforce, rloo, grpo, ppo).
+Align a causal language model with ReMax, or one of the algorithms users compare it with
+(reinforce, rloo, grpo, ppo, reinforce_pp, dr_grpo, dapo, gspo, cispo, ...: `remax train --help`).
 
 commands:
   train   train a policy: remax train --config run.yaml [--section.field VALUE ...]
