@@ -105,7 +105,8 @@ class VLLMBackend:
     """A vLLM engine holding a copy of the policy; see the module docstring."""
 
     def __init__(self, llm: Any, sampling: Sampling, *, device: torch.device, dtype: torch.dtype, vocab_size: int,
-                 verify_every: int = 1, verify_tol: Optional[float] = None, sleep: bool = False) -> None:
+                 verify_every: int = 1, verify_tol: Optional[float] = None, sleep: bool = False,
+                 probe_len: int = PROBE_LEN) -> None:
         if verify_every < 0:
             raise InputError(f"--rollout.verify_every must be >= 0 (0 turns the probe off), got {verify_every}")
         self.llm, self.sampling, self.device, self.dtype = llm, sampling, device, dtype
@@ -114,20 +115,26 @@ class VLLMBackend:
         self.sleep_enabled = sleep
         self.asleep = False
         gen = torch.Generator().manual_seed(PROBE_SEED)
-        self.probe = torch.randint(vocab_size, (PROBE_LEN,), generator=gen)  # (L,) a fixed token sequence
+        self.probe = torch.randint(vocab_size, (max(probe_len, 2),), generator=gen)  # (L,) a fixed token sequence
 
     # -------------------------------------------------------------- building
     @classmethod
     def from_config(cls, config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> "VLLMBackend":
         r = config.rollout
         param = next(policy.parameters())
-        max_len = config.data.max_prompt_tokens + r.max_new_tokens
-        llm = build_engine(policy, tokenizer, dtype=param.dtype, max_model_len=max(max_len, PROBE_LEN + 1), seed=config.train.seed,
+        from remax.models.loading import max_positions
+
+        # what a row can need, within the model's context (the trainer has checked that the
+        # longest prompt plus max_new_tokens fits)
+        limit = max_positions(policy) or 2**31
+        max_len = min(max(config.data.max_prompt_tokens + r.max_new_tokens, PROBE_LEN + 1), limit)
+        llm = build_engine(policy, tokenizer, dtype=param.dtype, max_model_len=max_len, seed=config.train.seed,
                            gpu_memory_utilization=r.vllm_gpu_memory_utilization, cpu_kvcache_gb=r.vllm_cpu_kvcache_gb,
                            sleep=r.vllm_sleep)
         vocab = policy.get_output_embeddings().weight.shape[0]
         return cls(llm, sampling, device=param.device, dtype=param.dtype, vocab_size=vocab,
-                   verify_every=r.verify_every, verify_tol=r.verify_tol, sleep=r.vllm_sleep and param.device.type == "cuda")
+                   verify_every=r.verify_every, verify_tol=r.verify_tol, sleep=r.vllm_sleep and param.device.type == "cuda",
+                   probe_len=min(PROBE_LEN, max_len - 1))
 
     # ------------------------------------------------------------- sampling
     def _params(self, *, greedy: bool, seed: int) -> Any:
@@ -249,13 +256,14 @@ def build_engine(policy: Any, tokenizer: Any, *, dtype: torch.dtype, max_model_l
     """A vLLM `LLM` holding `policy`'s weights: saved to a RAM directory, loaded, removed.
 
     CPU: eager mode (torch.compile would add minutes to the start), KV cache of
-    `cpu_kvcache_gb` GiB. GPU: the share `gpu_memory_utilization` of the device's memory,
+    `cpu_kvcache_gb` GiB (`kv_cache_memory_bytes`). GPU: the share `gpu_memory_utilization` of the device's memory,
     sleep mode enabled when asked. Token ids go in and out; the engine loads the tokenizer
     only because vLLM's entry point insists on one."""
-    if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{cpu_kvcache_gb:g}"
     vllm = _import_vllm()
     on_gpu = next(policy.parameters()).device.type == "cuda"
+    # CPU: the engine argument rather than VLLM_CPU_KVCACHE_SPACE (whole GiB only); an env
+    # value the user set still wins, as vLLM reads it first
+    kv = {} if on_gpu or os.environ.get("VLLM_CPU_KVCACHE_SPACE") else {"kv_cache_memory_bytes": int(cpu_kvcache_gb * 2**30)}
     path = _ram_dir()
     try:
         policy_cpu_save(policy, path)
@@ -266,7 +274,7 @@ def build_engine(policy: Any, tokenizer: Any, *, dtype: torch.dtype, max_model_l
                 max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                 enforce_eager=not on_gpu, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
                 generation_config="vllm",  # the checkpoint's generation_config.json must not change sampling
-                enable_sleep_mode=sleep and on_gpu,
+                enable_sleep_mode=sleep and on_gpu, **kv,
             )
     finally:
         shutil.rmtree(path, ignore_errors=True)
