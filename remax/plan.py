@@ -10,8 +10,9 @@ beyond config.json), the rest from the shapes in the config. Per device, in byte
     static   = policy weights + gradients + Adam moments (two per trainable parameter)
                + reference (unless offloaded, or LoRA's adapters-off base) + critic (ppo: all
                three again) + reward model
-    peak     = static + max(training activations of one micro-batch, KV cache of the
-               rollout, a no-grad log-prob forward)
+    peak     = static - gradients + max(gradients + KV cache of the rollout,
+                                         activations of one micro-batch [+ gradients when
+                                         there are several micro-batches to accumulate])
 
 Sharding divides weights (ZeRO-3 / FSDP FULL_SHARD), gradients (ZeRO >= 2) and Adam
 moments (ZeRO >= 1) by the number of GPUs. Activations per token per layer are the
@@ -210,7 +211,12 @@ def plan(shape: ModelShape, p: PlanInputs) -> Plan:
     rollout = kv_cache_bytes(shape, prompts * (p.n_samples + greedy), tokens, w)
     parts["activations (one micro-batch)"] = act
     parts["rollout KV cache"] = rollout
-    peak = static + max(act, rollout)
+    # Gradients are freed (zero_grad(set_to_none)) when an optimizer step starts and come
+    # back during its backward while the activations go: the first micro-batch's forward
+    # runs without them, later micro-batches (and the next rollout) with them.
+    grads = sum(v for k, v in parts.items() if k.endswith("gradients"))
+    update = act + (grads if -(-rows // micro) > 1 else 0)
+    peak = static - grads + max(grads + rollout, update)
     return Plan(parts, static, act, rollout, peak, p, shape)
 
 
@@ -249,7 +255,7 @@ def render(result: Plan) -> str:
              f"{', gradient checkpointing' if p.gradient_checkpointing else ''}; per device:"]
     for name, value in result.parts.items():
         lines.append(f"  {name:<32} {value / GB:9.3f} GB")
-    lines.append(f"  {'peak (static + max of last two)':<32} {result.peak / GB:9.3f} GB")
+    lines.append(f"  {'peak (see remax/plan.py)':<32} {result.peak / GB:9.3f} GB")
     if result.fits is not None:
         limit = p.device_memory_gb
         if result.fits:

@@ -40,12 +40,12 @@ def test_training_state_fp32_adam_is_16_bytes_per_parameter_and_zero_shards_it()
 
 
 def test_activation_kv_and_logit_arithmetic():
-    # per token per layer 8*4 + 5*16 + 2 heads x 5 tokens = 122 elements; 3 rows x 5 tokens x 2 layers x 122 x 4 bytes
+    # per token per layer 8*4 + 5*16 + 2*2 heads x 5 tokens = 132 elements; 3 rows x 5 tokens x 2 layers x 132 x 4 bytes
     shape = dataclasses.replace(SHAPE, heads=2)
-    assert activation_bytes(shape, rows=3, tokens=5, w=4, checkpointing=False) == 3 * 5 * 2 * 122 * 4
+    assert activation_bytes(shape, rows=3, tokens=5, w=4, checkpointing=False) == 3 * 5 * 2 * 132 * 4
     assert activation_bytes(shape, rows=3, tokens=5, w=4, checkpointing=False, flash=True) == 3 * 5 * 2 * 112 * 4
-    # checkpointing: each layer's input (2 layers x 4) plus one layer recomputed (122): 3 x 5 x 130 x 4
-    assert activation_bytes(shape, rows=3, tokens=5, w=4, checkpointing=True) == 3 * 5 * 130 * 4
+    # checkpointing: each layer's input (2 layers x 4) plus one layer recomputed (132): 3 x 5 x 140 x 4
+    assert activation_bytes(shape, rows=3, tokens=5, w=4, checkpointing=True) == 3 * 5 * 140 * 4
     assert logit_bytes(SHAPE, rows=3, response_tokens=2) == 4 * 3 * 3 * 10 * 4  # 4 fp32 copies of (3, R+1, V)
     assert kv_cache_bytes(SHAPE, rows=3, tokens=5, w=2) == 2 * 2 * 4 * 5 * 3 * 2  # K and V, per layer
 
@@ -59,13 +59,17 @@ def test_remax_is_20n_and_ppo_36n_bytes_of_state_in_fp32():
     assert "ReMax 20N = 20.00 GB" in ppo_vs_remax(1024**3) and "PPO 36N = 36.00 GB" in ppo_vs_remax(1024**3)
 
 
-def test_peak_is_static_plus_the_larger_of_update_and_rollout():
+def test_peak_counts_gradients_only_where_they_are_alive():
     p = PlanInputs(algo="remax", batch=2, n_samples=2, prompt_tokens=3, max_new_tokens=2, micro_batch=3)
     r = plan(SHAPE, p)
     act = activation_bytes(SHAPE, 3, 5, 4, False) + logit_bytes(SHAPE, 3, 2)  # micro = min(3, 2 x 2 rows)
     kv = kv_cache_bytes(SHAPE, 2 * (2 + 1), 5, 4)  # remax: n samples + 1 greedy row per prompt
     assert (r.activations, r.rollout) == (act, kv)
-    assert r.peak == 20_000 + max(act, kv)
+    # 4 rows in micro-batches of 3: the second forward runs with the 4N bytes of gradients alive
+    assert r.peak == 16_000 + max(4000 + kv, act + 4000)
+    one = plan(SHAPE, dataclasses.replace(p, micro_batch=4))  # one micro-batch: its forward has no gradients
+    act4 = activation_bytes(SHAPE, 4, 5, 4, False) + logit_bytes(SHAPE, 4, 2)
+    assert one.peak == 16_000 + max(4000 + kv, act4)
 
 
 def test_options_lower_what_they_should():
