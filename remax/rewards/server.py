@@ -149,14 +149,10 @@ def serve(config: ServeConfig) -> None:
         import uvicorn
     except ImportError:
         raise _missing_extra() from None
-    from remax.models.loading import resolve_device
     from remax.rewards import build_reward
 
     token = config.token or os.environ.get(DEFAULT_TOKEN_ENV) or None
-    try:  # a missing GPU: one line that names the flag
-        device = str(resolve_device(config.device))
-    except InputError as err:
-        raise InputError(str(err).replace("--model.device", "--device")) from None
+    device = _device(config) if config.kind == "model" else "cpu"
     try:
         reward = build_reward(config.kind, function=config.function, model=config.model, device=device,
                               batch_size=config.batch_size, max_length=config.max_length)
@@ -172,6 +168,17 @@ def serve(config: ServeConfig) -> None:
         print(f"remax serve-reward: warning: listening on {config.host} without a token; set --token or "
               f"{DEFAULT_TOKEN_ENV}", file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")).run(sockets=[sock])
+
+
+def _device(config: ServeConfig) -> str:
+    """The reward model's device; a missing GPU is one line that names --device. (Only
+    a reward model needs one: the others start without importing transformers.)"""
+    from remax.models.loading import resolve_device
+
+    try:
+        return str(resolve_device(config.device))
+    except InputError as err:
+        raise InputError(str(err).replace("--model.device", "--device")) from None
 
 
 def _url(host: str, port: int) -> str:
