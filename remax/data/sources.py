@@ -77,7 +77,7 @@ def _read_file(path: Path, builder: str, kwargs: dict[str, Any]) -> Any:
     import datasets
 
     try:
-        # keep_in_memory: no Arrow copy of a local file is written to the datasets cache
+        # keep_in_memory: the rows are held in memory, not memory-mapped from a cache file
         return datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
     except Exception as err:  # pyarrow / pandas / datasets errors: one line with the reader's reason
         raise DataError(
