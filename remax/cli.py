@@ -185,16 +185,17 @@ def split_num_processes(args: Sequence[str]) -> tuple[int, list[str]]:
 
 
 def cmd_train(args: Sequence[str]) -> int:
-    from remax.trainer import Trainer
-    from remax.trainer.distributed import launched_world
-
     n, args = split_num_processes(args)
-    if n > 1 and launched_world() == 1:  # the shortcut: relaunch this command in n processes (torchrun)
+    if n > 1 and not os.environ.get("WORLD_SIZE"):  # the shortcut: relaunch this command in n processes
         import subprocess
+
+        parse_train_args(args)  # a bad flag is one line here, not one per process
 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
                "-m", "remax", "train", *args]
         return subprocess.call(cmd)
+    from remax.trainer import Trainer
+
     config = parse_train_args(args)
     trainer = Trainer(config)
     history = trainer.train()
