@@ -198,3 +198,13 @@ def test_training_stops_with_its_last_good_state_when_the_server_fails(assets_di
             "'fails_on_the_second_batch' raised RuntimeError: reward model out of memory") in err[0]
     assert f"saved {out / 'checkpoints' / 'step-1'}; continue with the same command plus --resume auto" in err[0]
     assert calls == [4, 4]  # sampled + greedy rows of 2 prompts, in one call per step
+
+
+def test_a_server_as_one_source_of_a_mix(server, tmp_path):
+    (tmp_path / "r.py").write_text("def one(prompts, responses):\n    return [1.0] * len(prompts)\n")
+    mix = build_reward("mix", http={"token": "t0k"}, sources=[
+        {"name": "remote", "kind": "http", "url": server.url, "weight": 2.0},
+        {"name": "one", "kind": "python", "function": f"{tmp_path / 'r.py'}:one", "weight": -1.0},
+    ])
+    assert mix(["a", "b"], ["xyz", ""], bonus=[0, 1]).tolist() == [2 * 3.0 - 1, 2 * 1.0 - 1]
+    assert mix.last_components["remote"].tolist() == [3.0, 1.0]
