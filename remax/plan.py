@@ -54,7 +54,7 @@ class ModelShape:
 
     params: int  # N, tied weights counted once
     trunk_params: int  # the transformer without the LM head: the critic's trunk
-    lora_params_per_rank: int  # sum over linear layers of (in + out): LoRA adds r times this
+    lora_params_per_rank: int  # sum over the trunk's linear layers of (in + out): LoRA on all of them adds r times this
     hidden: int
     layers: int
     intermediate: int

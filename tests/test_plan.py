@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from remax.cli import main as cli

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
-from remax.plan import GB, ModelShape, PlanInputs, model_shape, plan
+from remax.plan import ModelShape, PlanInputs, model_shape, plan
 
 PROMPT_WORDS = 24  # every prompt: this many words of the test corpus (one token each or more)
 
