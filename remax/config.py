@@ -88,7 +88,7 @@ class RolloutConfig:
     verify_every: int = 1
     """vllm: check the engine's weights every this many steps (its log-probs of a fixed probe against the trainer's); a mismatch stops the run. 0 turns the check off."""
     verify_tol: Optional[float] = None
-    """vllm: largest allowed |engine - trainer| log-prob on the probe; None picks 1e-3 for float32 and 0.1 for bfloat16 / float16."""
+    """vllm: largest allowed |engine - trainer| log-prob on the probe; None picks 1e-4 for float32 and 0.1 for bfloat16 / float16."""
     vllm_gpu_memory_utilization: float = 0.3
     """vllm on GPU: share of the GPU's memory the engine may take (weights + KV cache); the trainer needs the rest."""
     vllm_cpu_kvcache_gb: float = 1.0

@@ -41,8 +41,8 @@ def test_remax_learns_the_toy_task(backend, engine, toy_tokenizer, tmp_path):
     first, last = sum(r[:5]) / 5, sum(r[-5:]) / 5
     assert last > first + 0.4, (first, last, r)
     if backend == "vllm":  # every step pushed, checked, and compared with the update's log-probs
-        assert all(m["rollout/engine_probe_diff"] <= 1e-3 for m in history)
-        assert all(m["rollout/logprob_mismatch_max"] < 1e-3 for m in history)
+        assert all(m["rollout/engine_probe_diff"] <= 1e-4 for m in history)
+        assert all(m["rollout/logprob_mismatch_max"] < 1e-4 for m in history)
         assert all(0 <= m["rollout/logprob_mismatch_mean"] <= m["rollout/logprob_mismatch_max"] for m in history)
     else:
         assert "rollout/engine_probe_diff" not in history[0] and "rollout/logprob_mismatch_max" not in history[0]
@@ -81,5 +81,5 @@ def test_cli_train_with_the_vllm_backend(toy_tokenizer, tmp_path):
     assert code in (0, None)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
-    assert all(m["rollout/engine_probe_diff"] <= 1e-3 and "rollout/logprob_mismatch_max" in m for m in metrics)
+    assert all(m["rollout/engine_probe_diff"] <= 1e-4 and "rollout/logprob_mismatch_max" in m for m in metrics)
     assert (out / "final" / "config.json").is_file()
