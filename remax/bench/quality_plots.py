@@ -69,7 +69,7 @@ def plot_frontier(raw: dict[str, Any], path: Path) -> Path:
         ax.annotate(f"kl_coef {r['kl_coef']:g}", (e["kl"], e["reward"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
     ax.axvline(raw["summary"]["matched_kl"], color="grey", ls=":", label="matched KL")
-    ax.set(xscale="symlog", xlabel="held-out KL to reference (nats/token)", ylabel="held-out reward (sampled)",
+    ax.set(xlabel="held-out KL to reference (nats/token)", ylabel="held-out reward (sampled)",
            title="reward-KL frontier (stars: other KL coefficients)")
     ax.legend(fontsize=8)
     return _save(fig, plt, path)
