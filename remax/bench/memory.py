@@ -183,8 +183,11 @@ def plot_memory(rows: list[dict[str, Any]], algos: Sequence[str], path: Path, de
             bx.plot(x, [r["above_base_mb_vs_ppo"] for r in mine], "o-", color=color, label=algo)
     bx.axhline(20 / 36, color="grey", ls=":", label="count 20N / 36N")
     what = "peak RSS above base" if device == "cpu" else "CUDA max allocated"
-    ax.set(xscale="log", yscale="log", xlabel="policy parameters (M)", ylabel="MiB", title=what)
-    bx.set(xscale="log", xlabel="policy parameters (M)", ylabel="ratio to PPO", title=f"{what} / PPO's")
+    positive = all(r["above_base_mb"] > 0 for r in rows)  # tiny's peak can precede the model: 0 above base
+    ax.set(xscale="log", yscale="log" if positive else "linear", xlabel="policy parameters (M)", ylabel="MiB",
+           title=what)
+    ratios = any(r["algo"] != "ppo" and r["above_base_mb_vs_ppo"] == r["above_base_mb_vs_ppo"] for r in rows)
+    bx.set(xscale="log" if ratios else "linear", xlabel="policy parameters (M)", ylabel="ratio to PPO", title=f"{what} / PPO's")
     ax.legend(fontsize=7, ncol=2)
     bx.legend(fontsize=8)
     fig.tight_layout()

@@ -20,15 +20,15 @@ HAVE_TRL = importlib.util.find_spec("trl") is not None
 @pytest.mark.skipif(not HAVE_TRL, reason="TRL is not installed: pip install 'remax[bench]'")
 def test_speed_with_trl_race_on_tiny(bench_root, tmp_path, capsys):
     out = tmp_path / "results"
-    # remax at 2 x 2 serves as both a main run and the race's remax run: 3 worker processes
-    argv = ["speed", "--size", "tiny", "--algos", "remax", "reinforce", "--prompts", "2", "--n", "2",
+    # remax at 2 x 2 serves as both a main run and the race's remax run: 2 worker processes
+    argv = ["speed", "--size", "tiny", "--algos", "remax", "--prompts", "2", "--n", "2",
             "--max_new_tokens", "4", "--repeats", "1", "--warmup", "0", "--steps", "1", "--trl", "True",
             "--trl_prompts", "2", "--trl_n", "2", "--trl_algos", "remax", "--out", str(out),
             "--work_dir", str(bench_root)]
     assert bench_main(argv) == 0
     assert "| remax | 2x2 |" in capsys.readouterr().out
     raw = json.loads((out / "speed-tiny.json").read_text())
-    assert set(raw["runs"]) == {"remax", "reinforce", "race/trl-grpo"}
+    assert set(raw["runs"]) == {"remax", "race/trl-grpo"}
     for algo, s in raw["summary"].items():
         parts = sum(s[f"{p}_s"] for p in ("rollout", "score", "prepare", "update"))
         assert 0 < parts <= s["step_s"] * 1.001, algo
@@ -36,8 +36,7 @@ def test_speed_with_trl_race_on_tiny(bench_root, tmp_path, capsys):
         assert s["generated_tok_per_s"] > 0 and s["steps_timed"] == 1
         for phase in ("rollout", "prepare", "update"):  # a phase cannot beat matmul speed by much
             assert s[f"{phase}_floor_s"] > 0 and s[f"{phase}_x_floor"] > 0.5, (algo, phase)
-    assert raw["summary"]["reinforce"]["step_vs_reinforce"] == 1.0
-    assert math.isfinite(raw["summary"]["remax"]["step_vs_reinforce"])
+    assert "step_vs_ppo" not in raw["summary"]["remax"]  # no PPO run, no ratio to it
     race = raw["race"]
     assert race["race/remax"]["sampled_tokens"] > 0 and race["race/trl-grpo"]["sampled_tokens"] > 0
     assert race["race/remax"]["trl_over_this"] > 0 and race["race/trl-grpo"]["step_s"] > 0
@@ -47,16 +46,15 @@ def test_speed_with_trl_race_on_tiny(bench_root, tmp_path, capsys):
 @pytest.mark.slow
 def test_memory_on_tiny(bench_root, tmp_path):
     out = tmp_path / "results"
-    argv = ["memory", "--sizes", "tiny", "--algos", "remax", "ppo", "--prompts", "2", "--max_new_tokens", "4",
+    # one worker (remax); the PPO count is checked in-process in test_figures.py
+    argv = ["memory", "--sizes", "tiny", "--algos", "remax", "--prompts", "2", "--max_new_tokens", "4",
             "--out", str(out), "--work_dir", str(bench_root)]
     assert bench_main(argv) == 0
     rows = {r["algo"]: r for r in json.loads((out / "memory.json").read_text())["rows"]}
     assert rows["remax"]["count_per_param"] == pytest.approx(20.0)
-    assert 35.0 < rows["ppo"]["count_per_param"] < 36.5
-    assert rows["remax"]["count_mb_vs_ppo"] == pytest.approx(20 / rows["ppo"]["count_per_param"])
-    for r in rows.values():
-        assert r["peak_mb"] > r["base_mb"] > 0 and r["above_base_mb"] > 0
-    assert rows["ppo"]["peak_mb_vs_ppo"] == 1.0
+    assert math.isnan(rows["remax"]["count_mb_vs_ppo"])  # no PPO run
+    # tiny's peak can be reached before the model loads (see benchmarks/README.md), hence >=
+    assert rows["remax"]["peak_mb"] >= rows["remax"]["base_mb"] > 0
     assert (out / "memory.png").read_bytes().startswith(PNG)
     assert "| tiny |" in (out / "memory.md").read_text()
 
