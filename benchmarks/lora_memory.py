@@ -11,7 +11,7 @@ interpreter and its libraries come on top and are the same in both runs.
 
 Each run is a fresh subprocess (so peaks do not mix) that builds the Trainer on a model
 directory written by save_pretrained and runs `--steps` full steps (the first allocates
-the Adam moments); its peak RSS (ru_maxrss) and the RSS before the model was loaded are
+the Adam moments); its peak RSS (VmHWM) and the RSS before the model was loaded are
 reported. Runs are interleaved (full, lora, full, lora, ...) and the median is taken.
 
     .venv/bin/python benchmarks/lora_memory.py --size small --repeats 3
@@ -36,7 +36,7 @@ from remax.trainer import Trainer
 
 spec = json.loads(sys.argv[1])
 torch.manual_seed(0)
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+from remax.trainer.metrics import peak_rss_mb as rss  # VmHWM, MiB (ru_maxrss counts the parent's RSS)
 rows = [{"prompt": p} for p in bench_prompts(64, 0)]
 reward = lambda prompts, responses: [len(set(r)) / 10 for r in responses]
 base_mb = rss()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -192,9 +191,10 @@ def _worker_main(spec_path: str) -> int:
 
 # ------------------------------------------------------------------ the worker
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, MiB (Linux reports KiB)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    """This process's peak resident set size so far, MiB (VmHWM: see remax.trainer.metrics)."""
+    from remax.trainer.metrics import peak_rss_mb as own_peak
+
+    return own_peak()
 
 
 def matmul_gflops(device: str, dim: int = 1024, seconds: float = 0.3) -> float:

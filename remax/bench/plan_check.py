@@ -79,7 +79,8 @@ run(32, 1, 2, 1)  # warm-up: kernels, allocator arenas, lazily imported modules
 gc.collect()
 base = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 prompt_tokens = run(case["n_embd"], case["n_layer"], case["n_head"], case["steps"])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from remax.trainer.metrics import peak_rss_mb
+peak = peak_rss_mb() * 2**20  # VmHWM: ru_maxrss would count the parent's RSS (kept across fork + exec)
 print(json.dumps({"measured": peak - base, "prompt_tokens": prompt_tokens, "vocab": len(tok)}))
 '''
 

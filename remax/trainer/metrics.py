@@ -33,12 +33,29 @@ class Stopwatch:
         return {f"perf/{k}_s": v for k, v in self.seconds.items()}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, MiB.
+
+    On Linux this is VmHWM from /proc/self/status, the high-water mark of this program's own
+    memory. Not getrusage's ru_maxrss: Linux carries that across fork + exec, so a process
+    started by a big parent (a pytest session, the bench driver) reports at least the
+    parent's RSS as its own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
 def peak_mem_mb(device: torch.device) -> float:
     """Peak memory in MiB: CUDA's allocator peak on a GPU, else the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    return peak_rss_mb()
 
 
 class MetricsWriter:
