@@ -21,7 +21,7 @@ import torch
 import remax
 from remax.models.tiny import tiny_causal_lm, train_tokenizer
 
-torch.set_num_threads(1)  # a model this small runs fastest on one thread
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))  # a model this small runs fastest on one
 OUT = Path(os.environ.get("REMAX_EXAMPLE_OUT", "runs/python_api"))
 
 TEXT = [

@@ -77,7 +77,20 @@ def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert (final / "adapter_model.safetensors").is_file() and (final / "merged" / "model.safetensors").is_file()
     # the adapter on its base and the merged weights decode the same greedy text
     assert ns["after"].greedy == ns["after_merged"].greedy
-    # the adapters trained: greedy text scores higher than before (deterministic: seeded, one thread)
-    assert float(ns["after"].greedy_rewards.mean()) > float(ns["before"].greedy_rewards.mean()) + 0.1
+    # The adapters trained: every B matrix left its zero init, and the trained policy's held-out
+    # log-probs are no longer the base's. (This test used to assert that the greedy held-out reward
+    # rose by 0.1; over seed offsets 0..9 and 1 or 2 threads that gain ranged from -1.0 to +0.40,
+    # and the training reward's gain from -0.05 to +0.02: 30 steps on 6 prompts move this model's
+    # text by chance, not by learning. Learning is asserted where it holds: tests/trainer/test_learning.py.)
+    from safetensors.torch import load_file
+
+    adapters = load_file(final / "adapter_model.safetensors")
+    b_mats = [v for k, v in adapters.items() if "lora_B" in k]
+    assert b_mats and all(bool(v.abs().sum() > 0) for v in b_mats)
+    ids = ns["tokenizer"](ns["HELD_OUT"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        start = ns["tiny_causal_lm"](ns["tokenizer"], n_layer=2, n_embd=32, seed=0).eval()  # as the example built it
+        moved = (ns["merged"](**ids).logits - start(**ids).logits).abs().max()
+    assert moved > 1e-4, float(moved)
     assert "held-out reward" in out and "30 steps" in out
-    torch.set_num_threads(1)  # the example set it; conftest restores the pool after the test
+    # the example set the thread count; conftest restores the pool after the test

@@ -136,10 +136,12 @@ def test_zero_steps_is_refused():
         pretrain_demo_model(None, steps=0, verses=["In the beginning"], log=lambda s: None, **TINY)
 
 
-def test_loss_decreases_on_the_real_corpus():
+@pytest.mark.learning
+def test_loss_decreases_on_the_real_corpus(seed_offset, record_outcome):
     _, _, info = pretrain_demo_model(
         None,
         steps=40,
+        seed=seed_offset,
             vocab_size=1024,
         model_kwargs=dict(n_layer=1, n_embd=64, n_head=2, n_positions=32),
         train_kwargs=dict(batch_size=16, lr=3e-3, warmup_steps=5),
@@ -150,4 +152,7 @@ def test_loss_decreases_on_the_real_corpus():
     losses = info["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert first > 6.5  # about ln(1024) = 6.9 at random init
-    assert last < first - 1.0
+    record_outcome("loss_drop", first - last, 0.75)
+    # measured (benchmarks/learning_margins.py): drop 0.99 .. 1.08 nats over seed offsets 0..9 x
+    # OMP_NUM_THREADS 1 and 2 (it was asserted > 1.0, which offset 3 missed); 0.75 is a quarter below
+    assert last < first - 0.75

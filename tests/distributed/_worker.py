@@ -11,12 +11,14 @@ process, one backward over all rows. Everything else is the library's own code p
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 WORLD = 2
+SEED_OFFSET = int(os.environ.get("REMAX_TEST_SEED_OFFSET", "0"))  # tests/conftest.py's switch, in the workers too
 PROMPTS = ["The Lord is", "And God said", "Blessed are the", "Love is", "In the beginning", "O give thanks",
            "He maketh me", "The wicked are"]
 
@@ -29,6 +31,7 @@ def make_config(algo: str, out: Path, steps: int, **train):
     from remax.config import Config
 
     c = Config(algo=algo, output_dir=str(out))
+    c.train.seed = SEED_OFFSET
     c.model.device = "cpu"
     c.rollout.max_new_tokens = 6
     c.rollout.n_samples = 2 if algo == "remax" else 1
@@ -91,7 +94,7 @@ def trainer_class(reference: bool):
 def run(config, cls, tokenizer):
     from remax.models.tiny import tiny_causal_lm
 
-    trainer = cls(config, policy=tiny_causal_lm(tokenizer, seed=0), tokenizer=tokenizer, reward_fn=char_share,
+    trainer = cls(config, policy=tiny_causal_lm(tokenizer, seed=SEED_OFFSET), tokenizer=tokenizer, reward_fn=char_share,
                   rows=[{"prompt": p} for p in PROMPTS])
     history = trainer.train()
     weights = {f"policy.{k}": v.detach().clone() for k, v in trainer.policy.state_dict().items()}

@@ -108,13 +108,18 @@ def within(freq: torch.Tensor, q: torch.Tensor, n: int) -> bool:
 
 
 def test_first_token_frequencies_follow_temperature_and_top_p(tokenizer, tiny_model):
-    # sharpen the random model (its logits are ~uniform) so the nucleus is a small set
-    with torch.no_grad():
-        tiny_model.transformer.ln_f.weight.mul_(30.0)
+    # sharpen the random model (its logits are ~uniform) so the nucleus is a small set: the
+    # largest factor whose nucleus still holds >= 3 tokens (which factor depends on the seed)
     ids, mask = encode(tokenizer, ["The Lord is"])
     T, top_p, N = 0.7, 0.8, 3000
-    logits = tiny_model(input_ids=ids, attention_mask=mask).logits[0, -1]  # (V,)
-    q = nucleus_probs(logits, T, top_p)
+    base = tiny_model.transformer.ln_f.weight.detach().clone()
+    for factor in (30.0, 20.0, 14.0, 10.0, 7.0, 5.0):
+        with torch.no_grad():
+            tiny_model.transformer.ln_f.weight.copy_(base * factor)
+            logits = tiny_model(input_ids=ids, attention_mask=mask).logits[0, -1]  # (V,)
+        q = nucleus_probs(logits, T, top_p)
+        if int((q > 0).sum()) >= 3:
+            break
     assert 3 <= int((q > 0).sum()) <= len(q) // 2  # a non-trivial nucleus, or the test is empty
 
     torch.manual_seed(0)

@@ -41,13 +41,15 @@ def reward_file(tmp_path):
 
 
 @pytest.fixture()
-def make_args(policy_dir, prompts_file, reward_file):
-    """CLI arguments for a tiny run: make_args(out, algo="remax", steps=2)."""
-    return lambda out, algo="remax", steps=2: _args(policy_dir, prompts_file, reward_file, out, algo, steps)
+def make_args(policy_dir, prompts_file, reward_file, seed_offset):
+    """CLI arguments for a tiny run: make_args(out, algo="remax", steps=2), seeded with the
+    suite's REMAX_TEST_SEED_OFFSET (tests/conftest.py)."""
+    return lambda out, algo="remax", steps=2: _args(policy_dir, prompts_file, reward_file, out, algo, steps, seed_offset)
 
 
-def _args(policy_dir, prompts_file, reward_file, out, algo, steps):
+def _args(policy_dir, prompts_file, reward_file, out, algo, steps, seed=0):
     return [
+        "--train.seed", str(seed),
         "--algo", algo,
         "--output_dir", str(out),
         "--model.policy", str(policy_dir),

