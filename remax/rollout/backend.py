@@ -21,46 +21,27 @@ run at a step boundary, where the loop saves a consistent state. The engine's ow
 log-probs of its samples (`Rollout.engine_logprobs`) are compared with the update's
 log-probs as they are computed (`add_logprob_mismatch`): the off-policy gap, logged,
 never trusted in place of the trainer's log-probs.
+
+The types every backend shares (`Sampling`, `RolloutBackend`, `EngineOutOfSync`, the
+log-prob mismatch meter) live in `remax.rollout.types` and are re-exported here; this
+module imports a backend's own module (vllm.py) only when building it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 import torch
 
-from remax.errors import RemaxError
+from remax.config import ConfigError
 from remax.rollout.generate import Rollout, generate_rollout
-
-
-class EngineOutOfSync(RemaxError):
-    """The generation engine's log-probs of the probe disagree with the trainer's: its
-    weights are not the policy's, so its samples would be off-policy without notice."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """The decoding settings every backend honours (rollout.* of the config)."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int  # 0: off
-    eos_token_id: int
-    pad_token_id: int
-
-
-class RolloutBackend(Protocol):
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
-        """(B, P) left-padded prompts -> Rollout with B*n sampled rows (+ B greedy rows)."""
-
-    def sync(self, policy: Any, step: int) -> dict[str, float]:
-        """Make the generator hold `policy`'s current weights (those after `step` updates);
-        returns metrics (e.g. rollout/engine_probe_diff); raises EngineOutOfSync."""
-
-    def close(self) -> None:
-        """Free the engine."""
+from remax.rollout.types import (  # the shared types, re-exported: callers import them from here
+    EngineOutOfSync,
+    RolloutBackend,
+    Sampling,
+    add_logprob_mismatch,
+    logprob_mismatch_metrics,
+)
 
 
 class HFBackend:
@@ -90,7 +71,7 @@ def _build_hf(config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> R
 
 
 def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> RolloutBackend:
-    from remax.rollout.vllm import VLLMBackend  # imports vllm: only when asked for
+    from remax.rollout.vllm import VLLMBackend  # an optional extra's backend: loaded only when a run asks for it
 
     return VLLMBackend.from_config(config, policy, tokenizer, sampling)
 
@@ -107,34 +88,8 @@ def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Option
         pad_token_id=tokenizer.pad_token_id,
     )
     if r.backend not in BACKENDS:
-        from remax.config import ConfigError
-
         raise ConfigError(f"--rollout.backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
     return BACKENDS[r.backend](config, policy, tokenizer, sampling)
-
-
-# ------------------------------------------------- engine vs trainer log-probs
-def add_logprob_mismatch(acc: dict[str, float], engine: Optional[torch.Tensor], logprobs: torch.Tensor,
-                         mask: torch.Tensor) -> None:
-    """Accumulate |engine - trainer| log-prob on the sampled tokens into `acc` (keys start
-    with '_', the loop's private accumulators). engine, logprobs, mask: (n, R). No-op when
-    the backend reports no engine log-probs (HF)."""
-    if engine is None:
-        return
-    diff = (engine.to(logprobs.device) - logprobs.detach()).abs() * mask  # (n, R)
-    acc["_lp_mismatch_sum"] = acc.get("_lp_mismatch_sum", 0.0) + float(diff.sum())
-    acc["_lp_mismatch_tokens"] = acc.get("_lp_mismatch_tokens", 0.0) + float(mask.sum())
-    acc["_lp_mismatch_max"] = max(acc.get("_lp_mismatch_max", 0.0), float(diff.max()) if diff.numel() else 0.0)
-
-
-def logprob_mismatch_metrics(acc: dict[str, float]) -> dict[str, float]:
-    """rollout/logprob_mismatch_max and _mean from `add_logprob_mismatch`'s sums; {} if none."""
-    if "_lp_mismatch_sum" not in acc:
-        return {}
-    return {
-        "rollout/logprob_mismatch_max": acc["_lp_mismatch_max"],
-        "rollout/logprob_mismatch_mean": acc["_lp_mismatch_sum"] / max(acc["_lp_mismatch_tokens"], 1.0),
-    }
 
 
 __all__ = [

@@ -50,8 +50,11 @@ import torch
 
 from remax.algos.masks import response_mask as make_response_mask
 from remax.errors import InputError
-from remax.rollout.backend import EngineOutOfSync, Sampling
+from remax.models.loading import max_positions
+from remax.models.logprobs import response_logprobs
+from remax.models.lora import merged_state_dict
 from remax.rollout.generate import Rollout
+from remax.rollout.types import EngineOutOfSync, Sampling
 
 DEFAULT_TOL = {torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.1}
 PROBE_LEN = 48
@@ -97,8 +100,6 @@ def _ram_dir() -> str:
 def plain_weights(policy: Any) -> dict[str, torch.Tensor]:
     """name -> tensor as a plain checkpoint names them; LoRA adapters merged in."""
     if hasattr(policy, "peft_config"):
-        from remax.models.lora import merged_state_dict
-
         return merged_state_dict(policy)
     return {k: v.detach() for k, v in policy.state_dict().items()}
 
@@ -144,8 +145,6 @@ class VLLMBackend:
         if r.verify_every < 0:  # before the engine's start-up, not after it
             raise InputError(f"--rollout.verify_every must be >= 0 (0 turns the probe off), got {r.verify_every}")
         param = next(policy.parameters())
-        from remax.models.loading import max_positions
-
         # what a row can need, within the model's context (the trainer has checked that the
         # longest prompt plus max_new_tokens fits)
         limit = max_positions(policy) or 2**31
@@ -219,8 +218,6 @@ class VLLMBackend:
     def probe_diff(self, policy: Any) -> float:
         """max |engine - trainer| log-prob of the probe's tokens 1..L-1 (temperature 1)."""
         from vllm import SamplingParams
-
-        from remax.models.logprobs import response_logprobs
 
         self._wake()
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)

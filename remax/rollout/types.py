@@ -1,0 +1,74 @@
+"""What every rollout backend shares: the decoding settings (`Sampling`), the backend
+protocol (`RolloutBackend`), the out-of-sync error, and the meter of engine vs trainer
+log-probs on the sampled tokens.
+
+Its own module so that `remax.rollout.backend` (the registry that builds a backend) and
+the backends themselves (`remax.rollout.vllm`) both import it and neither imports the
+other at module level: backend.py loads vllm.py only when a run asks for that backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+import torch
+
+from remax.errors import RemaxError
+from remax.rollout.generate import Rollout
+
+
+class EngineOutOfSync(RemaxError):
+    """The generation engine's log-probs of the probe disagree with the trainer's: its
+    weights are not the policy's, so its samples would be off-policy without notice."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The decoding settings every backend honours (rollout.* of the config)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int  # 0: off
+    eos_token_id: int
+    pad_token_id: int
+
+
+class RolloutBackend(Protocol):
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
+        """(B, P) left-padded prompts -> Rollout with B*n sampled rows (+ B greedy rows)."""
+
+    def sync(self, policy: Any, step: int) -> dict[str, float]:
+        """Make the generator hold `policy`'s current weights (those after `step` updates);
+        returns metrics (e.g. rollout/engine_probe_diff); raises EngineOutOfSync."""
+
+    def close(self) -> None:
+        """Free the engine."""
+
+
+# ------------------------------------------------- engine vs trainer log-probs
+def add_logprob_mismatch(acc: dict[str, float], engine: Optional[torch.Tensor], logprobs: torch.Tensor,
+                         mask: torch.Tensor) -> None:
+    """Accumulate |engine - trainer| log-prob on the sampled tokens into `acc` (keys start
+    with '_', the loop's private accumulators). engine, logprobs, mask: (n, R). No-op when
+    the backend reports no engine log-probs (HF)."""
+    if engine is None:
+        return
+    diff = (engine.to(logprobs.device) - logprobs.detach()).abs() * mask  # (n, R)
+    acc["_lp_mismatch_sum"] = acc.get("_lp_mismatch_sum", 0.0) + float(diff.sum())
+    acc["_lp_mismatch_tokens"] = acc.get("_lp_mismatch_tokens", 0.0) + float(mask.sum())
+    acc["_lp_mismatch_max"] = max(acc.get("_lp_mismatch_max", 0.0), float(diff.max()) if diff.numel() else 0.0)
+
+
+def logprob_mismatch_metrics(acc: dict[str, float]) -> dict[str, float]:
+    """rollout/logprob_mismatch_max and _mean from `add_logprob_mismatch`'s sums; {} if none."""
+    if "_lp_mismatch_sum" not in acc:
+        return {}
+    return {
+        "rollout/logprob_mismatch_max": acc["_lp_mismatch_max"],
+        "rollout/logprob_mismatch_mean": acc["_lp_mismatch_sum"] / max(acc["_lp_mismatch_tokens"], 1.0),
+    }
+
+
+__all__ = ["EngineOutOfSync", "RolloutBackend", "Sampling", "add_logprob_mismatch", "logprob_mismatch_metrics"]
