@@ -3,7 +3,7 @@
     accelerate launch --config_file configs/accelerate/ddp.yaml -m remax train --config run.yaml
 
 The loop calls a `Dist` at a few seams (which rows this rank rolls out, the loss
-normalisers, backward, gradient clipping, metrics, who writes) and never asks how many
+normalisers, the training forward's context, backward, gradient clipping, metrics, who writes) and never asks how many
 processes there are. `Dist` (one process) is the identity everywhere; `AccelerateDist`
 (started by `accelerate launch` or `torchrun`) hands the policy and PPO's critic to
 accelerate's `Accelerator`, which wraps them in DDP, FSDP or a DeepSpeed engine as the
@@ -106,6 +106,13 @@ class Dist:
     def wrap(self, models: dict[str, Any], optimizers: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """name -> module that runs the training forward, and the optimizers to step."""
         return dict(models), optimizers
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Around every log-prob / value forward of the training models (the update's, with
+        grad, and the preparation's, without): the precision seam, where a mixed-precision
+        autocast would go, so that the 'old' and the new log-probs share one precision.
+        Nothing yet (the models run in model.dtype), here and in AccelerateDist."""
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
