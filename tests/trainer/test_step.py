@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-import remax.trainer.loop as loop
+from remax.trainer.phases import prepare, update
 from remax.config import Config
 from remax.trainer import Trainer
 
@@ -54,13 +54,14 @@ def test_update_is_independent_of_micro_batch_size(algo, loss, tiny_model, token
 ])
 def test_no_extra_forward_pass(algo, grad_calls, no_grad_policy_calls, tiny_model, tokenizer, tmp_path, monkeypatch):
     calls = []
-    real = loop.response_logprobs
+    real = prepare.response_logprobs
 
     def spy(model, *args, **kwargs):
         calls.append((model, torch.is_grad_enabled()))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "response_logprobs", spy)
+    for phase in (prepare, update):  # every forward of the policy / reference in a step
+        monkeypatch.setattr(phase, "response_logprobs", spy)
     t = make_trainer(tiny_model, tokenizer, tmp_path, algo, n=1 if algo == "ppo" else 2, micro=8)
     t.step()
     policy_grad = sum(1 for m, g in calls if m is t.policy and g)

@@ -1,0 +1,133 @@
+"""The run on disk: step-boundary snapshots, checkpoints, starting (fresh, overwritten or
+resumed), stopping with a checkpoint, and final/.
+
+A snapshot (`snapshot`) is the `RunState` at a step boundary: counters, the sampler's
+position and every RNG. `save_checkpoint` writes one (every rank's RNG streams gathered,
+rank 0 writing, atomically: `remax/trainer/checkpoint.py`); `start` restores the
+weights, optimizer and scheduler states and the RunState from one before the first
+step, so a resumed run is bitwise the run that was never stopped. What a checkpoint
+holds beyond the RunState is a `Parts`: the Trainer hands over its current objects."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Optional
+
+from remax.config import Config, save_config
+from remax.errors import RunStopped
+from remax.models.critic import VALUE_HEAD_FILE
+from remax.models.lora import merged_copy
+from remax.trainer.checkpoint import (
+    RunState,
+    atomic_dir,
+    capture_rng,
+    load_policy_into,
+    load_safetensors_into,
+    load_trainer_state,
+    restore_rng,
+    save_checkpoint as write_checkpoint,
+    save_pretrained_dir,
+    step_dir,
+)
+from remax.trainer.resume import check_same_run, find_checkpoint, prepare_fresh, prepare_resumed
+
+
+@dataclass
+class Parts:
+    """The objects a checkpoint saves and a resume loads into (in place)."""
+
+    policy: Any
+    tokenizer: Any
+    critic: Any  # None without one
+    optimizers: dict[str, Any]
+    schedulers: dict[str, Any]
+
+
+def snapshot(state: RunState, sampler: Any) -> RunState:
+    """The run state at this step boundary: counters, sampler position, every RNG."""
+    return dataclasses.replace(state, sampler=sampler.state_dict(), rng=capture_rng())
+
+
+def save_checkpoint(state: RunState, parts: Parts, *, out: Path, dist: Any, keep_last: int) -> Path:
+    """checkpoints/step-N for `state`, atomically, rank 0 writing; returns its path."""
+    state = dataclasses.replace(state, rng=dist.gather_rng(state.rng))  # every rank's RNG streams
+    path = step_dir(out / "checkpoints", state.step)
+    metrics = out / "metrics.jsonl"
+    if dist.is_main:
+        write_checkpoint(
+            path,
+            policy=parts.policy,
+            tokenizer=parts.tokenizer,
+            state=state,
+            optimizers=parts.optimizers,
+            schedulers=parts.schedulers,
+            critic=parts.critic,
+            config_yaml=(out / "config.yaml").read_text(),
+            metrics_jsonl=metrics.read_text() if metrics.is_file() else "",
+            keep_last=keep_last,
+        )
+    dist.barrier()
+    return path
+
+
+def start(config: Config, out: Path, parts: Parts, sampler: Any, *, dist: Any, metrics: Any) -> Optional[RunState]:
+    """Fresh, overwritten or resumed output_dir; returns the resumed RunState, or None for
+    a fresh run. Everything that can fail (a missing or corrupt checkpoint, a changed
+    config) is checked before the directory is touched."""
+    checkpoint = find_checkpoint(config)
+    state = None
+    if checkpoint is None:
+        dist.main_only(prepare_fresh, config, out)  # only rank 0 writes
+    else:
+        saved = load_trainer_state(checkpoint)
+        check_same_run(config, checkpoint)
+        state = restore(checkpoint, saved, parts, sampler, dist=dist)
+        dist.main_only(prepare_resumed, out, checkpoint, state.step)
+        metrics.reload()
+    dist.main_only(save_config, config, out / "config.yaml")
+    dist.barrier()
+    return state
+
+
+def restore(checkpoint: Path, saved: dict[str, Any], parts: Parts, sampler: Any, *, dist: Any) -> RunState:
+    """Weights, optimizer and scheduler states, sampler position and RNGs, in place; returns the RunState."""
+    load_policy_into(parts.policy, checkpoint / "policy")  # with LoRA: the adapters
+    if parts.critic is not None:
+        load_safetensors_into(parts.critic.trunk, checkpoint / "critic", skip=VALUE_HEAD_FILE)
+        load_safetensors_into(parts.critic.head, checkpoint / "critic", only=VALUE_HEAD_FILE)
+    for name, opt in parts.optimizers.items():
+        opt.load_state_dict(saved["optimizers"][name])
+    for name, sched in parts.schedulers.items():
+        sched.load_state_dict(saved["schedulers"][name])
+    state = RunState(**saved["run_state"])
+    sampler.load_state_dict(state.sampler)
+    restore_rng(dist.own_rng(state.rng))  # this rank's streams
+    return state
+
+
+def stop(reason: str, exit_code: int, state: RunState, *, out: Path, dist: Any,
+         save: Callable[[RunState], Path]) -> NoReturn:
+    """Save `state` with `save` (unless step 0, or already saved) and raise RunStopped with one line."""
+    path = step_dir(out / "checkpoints", state.step)
+    if state.step == 0:
+        raise RunStopped(f"{reason}; no step had finished, so there is nothing to resume", exit_code)
+    if not dist.from_main(path.is_dir()):  # every rank decides as rank 0 does
+        save(state)
+    raise RunStopped(f"{reason}; saved {path}; continue with the same command plus --resume auto", exit_code)
+
+
+def save_final(path: Path, *, policy: Any, tokenizer: Any, dist: Any, save_merged: bool) -> None:
+    """final/: the policy and its tokenizer, loadable with from_pretrained (with LoRA: the
+    adapter, for peft.PeftModel.from_pretrained; save_merged adds final/merged/)."""
+    state_dict = dist.full_state_dict("policy")  # consolidated FSDP / ZeRO-3 shards; None otherwise
+    if dist.is_main:
+        with atomic_dir(path) as tmp:
+            save_pretrained_dir(policy, tokenizer, tmp, state_dict=state_dict)
+            if save_merged:
+                save_pretrained_dir(merged_copy(policy), tokenizer, tmp / "merged")
+    dist.barrier()
+
+
+__all__ = ["Parts", "restore", "save_checkpoint", "save_final", "snapshot", "start", "stop"]

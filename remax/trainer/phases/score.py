@@ -1,0 +1,51 @@
+"""Scoring phase: sampled and greedy responses -> rewards, in ONE reward call, so a
+baseline and its samples take the same reward path (the same batch, the same failure
+policy, the same timeout). Also the rollout's metrics (reward, length, EOS share, and
+whether the greedy baseline is working)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from remax.rollout import Rollout
+from remax.trainer.diagnostics import baseline_diagnostics
+from remax.trainer.evaluate import decode_responses
+from remax.trainer.guards import call_reward
+
+
+def score(rows: list[dict[str, Any]], rollout: Rollout, *, reward_fn: Callable[..., Any], tokenizer: Any,
+          prompt_column: str, step: int, timeout_s: Optional[float],
+          device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """((B*n,) sampled rewards, (B,) greedy rewards or None) for `rollout` of `rows`;
+    `step` is the 1-based step the reward function is told. Raises RewardFailure."""
+    n, b = rollout.n, rollout.num_prompts
+    order = [i for i in range(b) for _ in range(n)] + (list(range(b)) if rollout.has_greedy else [])
+    prompts = [rows[i][prompt_column] for i in order]
+    extra = {k: [rows[i].get(k) for i in order] for k in rows[0] if k != prompt_column}
+    responses = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
+    scores = call_reward(reward_fn, prompts, responses, extra, step=step, timeout_s=timeout_s).to(device)
+    return scores[: b * n], (scores[b * n :] if rollout.has_greedy else None)
+
+
+def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor],
+                    seq_adv: Optional[torch.Tensor], eos_token_id: int) -> dict[str, float]:
+    """rollout/* (and adv/* when there are sequence advantages) of the batch trained on."""
+    samples = rollout.sampled()
+    lengths = samples.response_mask.sum(-1)  # (N,)
+    ended = (samples.response_ids == eos_token_id) & samples.response_mask.bool()
+    m = {
+        "rollout/reward_mean": float(rewards.mean()),
+        "rollout/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "rollout/response_len_mean": float(lengths.float().mean()),
+        "rollout/eos_frac": float(ended.any(-1).float().mean()),
+    }
+    if greedy_rewards is not None:
+        m["rollout/baseline_reward_mean"] = float(greedy_rewards.mean())
+        # is the greedy baseline working? win rate, corr(r, b), var(r - b) / var(r)
+        m.update(baseline_diagnostics(rewards, greedy_rewards.repeat_interleave(rollout.n)))
+    if seq_adv is not None:
+        m["adv/mean"] = float(seq_adv.mean())
+        m["adv/std"] = float(seq_adv.std()) if len(seq_adv) > 1 else 0.0
+    return m

@@ -1,0 +1,133 @@
+"""Update phase: a prepared `Batch` -> optimizer steps, and the step's loss / KL / grad metrics.
+
+    for each of `epochs` passes (1 for a loss without an importance ratio):
+        for each of `num_minibatches` minibatches (a seeded shuffle when more than one):
+            micro-batches of `train.micro_batch_size` rows: forward, losses, backward
+            clip every optimizer's gradients, then step them all (or none, on NaN / inf)
+
+The losses are normalised by the whole minibatch's token / sequence counts (global over
+ranks, `dist.loss_normalisers`), so the accumulated gradient equals one full-batch
+backward however the rows are split. On the single on-policy pass the forward with grad
+is also the 'old' log-probs, detached: no extra forward. The training forward runs
+under `dist.forward_context()` (the precision seam: a no-op for now), backward and
+clipping go through `dist` (DDP / FSDP / DeepSpeed)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from remax.algos import kl_loss, value_loss
+from remax.algos.variants import apply_truncated_is
+from remax.config import Config
+from remax.models import response_logprobs
+from remax.rollout.types import add_logprob_mismatch, logprob_mismatch_metrics
+from remax.trainer.phases.prepare import Batch, Recipe, token_advantages, values
+
+
+def update(batch: Batch, *, step: int, config: Config, recipe: Recipe, trained: dict[str, Any],
+           optimizers: dict[str, Any], dist: Any) -> dict[str, float]:
+    """Epochs x minibatches of optimizer steps (1 x 1 for on-policy algorithms) on `batch`,
+    the update of step `step` (0-based, seeds the minibatch shuffle). `trained`: name ->
+    the module that runs the training forward (the model or its DDP / FSDP wrapper)."""
+    return _Update(config, recipe, trained, optimizers, dist).run(batch, step)
+
+
+@dataclass
+class _Update:
+    config: Config
+    recipe: Recipe
+    trained: dict[str, Any]
+    optimizers: dict[str, Any]
+    dist: Any
+
+    def run(self, batch: Batch, step: int) -> dict[str, float]:
+        epochs, n_mb = self.recipe.passes(self.config.loss)
+        n_rows = len(batch.rewards)
+        gen = torch.Generator().manual_seed(self.config.train.seed * 100_003 + step)
+        acc: dict[str, float] = {}
+        for epoch in range(epochs):
+            order = torch.randperm(n_rows, generator=gen) if n_mb > 1 else torch.arange(n_rows)
+            for rows in order.chunk(n_mb):
+                self._optimizer_step(batch, rows, acc, first_pass=epoch == 0)
+        n_steps = epochs * n_mb
+        stats = {k: v / n_steps for k, v in acc.items() if not k.startswith("_")}
+        stats["train/skipped_updates"] = acc.get("_skipped", 0) / acc["_opt_steps"]  # share of this step's updates
+        stats["kl/mean"] = acc["_kl_sum"] / max(acc["_tokens"], 1.0)
+        stats["kl/seq_mean"] = acc["_kl_sum"] / n_rows
+        stats.update(logprob_mismatch_metrics(acc))  # engine vs trainer on the sampled tokens
+        return stats
+
+    def _optimizer_step(self, batch: Batch, rows: torch.Tensor, acc: dict[str, float], first_pass: bool) -> None:
+        """Accumulate gradients over micro-batches of `rows`, then one optimizer step."""
+        # global counts (all-reduced over ranks, divided by the world size that DDP averages over)
+        norm = self.dist.loss_normalisers(batch.rollout.response_mask[rows].sum(), len(rows))
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        finite = True
+        for micro in rows.split(self.config.train.micro_batch_size):
+            with self.dist.forward_context():
+                losses = self._micro_losses(batch, micro, norm, acc, first_pass)
+            total = sum(losses.values())
+            finite = finite and bool(torch.isfinite(total))
+            self.dist.backward(total)
+            for k, v in losses.items():
+                acc[k] = acc.get(k, 0.0) + float(v.detach())
+        self._clip_and_step(acc, finite)
+
+    def _micro_losses(self, batch, micro, norm, acc, first_pass) -> dict[str, torch.Tensor]:
+        L, r, sub = self.config.loss, self.recipe, batch.rollout.select(micro)
+        mask = sub.response_mask
+        logp = response_logprobs(self.trained["policy"], sub.prompt_ids, sub.prompt_mask, sub.response_ids, mask,
+                                 temperature=self.config.rollout.temperature)  # (n, R), with grad
+        old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logp.detach()
+        ref = batch.ref_logprobs[micro]
+        if batch.token_adv is not None:
+            adv = batch.token_adv[micro]
+        else:
+            adv = token_advantages(batch.seq_adv[micro], old, ref, mask, loss=L, recipe=r)
+        # training-inference mismatch: adv * min(pi_trainer / pi_engine, cap); off without engine log-probs
+        adv, tis = apply_truncated_is(adv, old, sub.engine_logprobs, mask, L.tis, L.tis_cap)
+        p, max_len = r.loss_params, self.config.rollout.max_new_tokens
+        losses = {"loss/policy": r.policy_loss.fn(logp, old, adv, mask, p, **norm, max_len=max_len)}
+        if r.kl_placement == "loss":
+            losses["loss/kl"] = L.kl_coef * kl_loss(logp, ref, mask, r.kl_estimator, p.agg, **norm, max_len=max_len)
+        critic = self.trained.get("critic")
+        if critic is not None:
+            vl = value_loss(values(critic, sub), batch.old_values[micro], batch.returns[micro], mask, L.value_clip_eps,
+                            num_tokens=norm["num_tokens"])
+            losses["loss/value"] = L.vf_coef * vl
+        share = len(micro) / norm["num_seqs"]  # this micro-batch's part of a minibatch mean
+        if r.policy_loss.clip_fraction is not None:
+            tis["ppo/clip_frac"] = float(r.policy_loss.clip_fraction(logp.detach(), old, adv, mask, p))
+        for k, v in tis.items():
+            acc[k] = acc.get(k, 0.0) + v * share
+        if first_pass:
+            add_logprob_mismatch(acc, sub.engine_logprobs, old, mask)  # old: the sampling weights' log-probs
+            acc["_kl_sum"] = acc.get("_kl_sum", 0.0) + float(((old - ref) * mask).sum())
+            acc["_tokens"] = acc.get("_tokens", 0.0) + float(mask.sum())
+        return losses
+
+    def _clip_and_step(self, acc: dict[str, float], finite_loss: bool) -> None:
+        """Clip, then step every optimizer; if the loss or any gradient is NaN / inf, step
+        none of them (weights and Adam moments stay as they were) and count the skip."""
+        clip = self.config.train.grad_clip or math.inf
+        norms = {}
+        for name, opt in self.optimizers.items():
+            params = [p for g in opt.param_groups for p in g["params"]]
+            norms[name] = self.dist.clip_grad_norm(params, clip)
+            acc[f"grad/{name}_norm"] = acc.get(f"grad/{name}_norm", 0.0) + float(norms[name])
+        acc["_opt_steps"] = acc.get("_opt_steps", 0) + 1
+        if not finite_loss or not all(bool(torch.isfinite(n)) for n in norms.values()):
+            acc["_skipped"] = acc.get("_skipped", 0) + 1
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            return
+        for opt in self.optimizers.values():
+            opt.step()
+
+
+__all__ = ["update"]
