@@ -219,6 +219,8 @@ class TrainConfig:
     """Recompute each layer's activations in backward instead of keeping them: the same gradients, far less activation memory, about a third more update compute."""
     max_nonfinite_steps: int = 3
     """Optimizer steps whose loss or gradient is NaN / inf are skipped (weights untouched); stop with a checkpoint after this many in a row."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Compute precision of every forward (update, reference, critic, reward model, HF rollout) with float32 master weights and Adam states: bf16, fp16 (with a loss scaler), or no; auto is bf16 on CUDA and no on CPU (bf16 pays on CPUs with AMX)."""
 
 
 @dataclass

@@ -22,10 +22,26 @@ from remax.rollout.generate import Rollout, model_inputs
 
 
 def _accepts(model, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+    """Does `model`'s forward take keyword `name`, looking through wrappers whose forward
+    only passes **kwargs on (DDP / FSDP1 / DeepSpeed's `.module`, peft's base model):
+    behind DDP `logits_to_keep` would otherwise be dropped and the lm-head would produce
+    (prompt + response) x vocabulary logits."""
+    for _ in range(8):  # wrappers nest a few levels at most (DDP(PeftModel(LoraModel(model))))
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return False
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+        inner = getattr(model, "module", None)
+        if inner is None and hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        if not isinstance(inner, torch.nn.Module) or inner is model:
+            return False
+        model = inner
+    return False
 
 
 def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:

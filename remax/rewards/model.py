@@ -21,6 +21,8 @@ Choices, which a score must not depend on how a batch was split or padded:
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any
 
 import torch
@@ -53,6 +55,8 @@ class RewardModelReward:
             raise ValueError(f"reward model needs batch_size >= 1 and max_length >= 1, got {batch_size}, {max_length}")
         self.name = str(name_or_path)
         self.device = torch.device(device)
+        # around each forward: the trainer sets its precision's autocast here (train.mixed_precision)
+        self.forward_context: Any = contextlib.nullcontext
         self.batch_size = batch_size
         # checked loads: a missing path is one line naming --reward.model, not a hub error
         model = checked_from_pretrained(
@@ -109,7 +113,8 @@ class RewardModelReward:
         ).to(self.device)
         if (batch["attention_mask"].sum(-1) == 0).any():
             raise ValueError(f"reward model {self.name!r} got an empty prompt + response to score")
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (b, 1)
+        with self.forward_context():
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (b, 1)
         return logits[:, 0].float().cpu()
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ module imports a backend's own module (vllm.py) only when building it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -47,16 +48,19 @@ from remax.rollout.types import (  # the shared types, re-exported: callers impo
 class HFBackend:
     """`generate_rollout` on the policy itself: no copy of the weights, nothing to sync."""
 
-    def __init__(self, policy: Any, sampling: Sampling) -> None:
-        self.policy, self.sampling = policy, sampling
+    def __init__(self, policy: Any, sampling: Sampling,
+                 forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+        # forward_context: the run's precision (train.mixed_precision's autocast), as the trainer's forwards
+        self.policy, self.sampling, self.forward_context = policy, sampling, forward_context
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
         s = self.sampling
-        return generate_rollout(
-            self.policy, prompt_ids, prompt_mask, n=n, greedy=greedy, max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-            eos_token_id=s.eos_token_id, pad_token_id=s.pad_token_id,
-        )
+        with self.forward_context():
+            return generate_rollout(
+                self.policy, prompt_ids, prompt_mask, n=n, greedy=greedy, max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                eos_token_id=s.eos_token_id, pad_token_id=s.pad_token_id,
+            )
 
     def sync(self, policy: Any, step: int) -> dict[str, float]:
         self.policy = policy  # the same module the optimizer updates in place
@@ -66,11 +70,14 @@ class HFBackend:
         pass
 
 
-def _build_hf(config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> RolloutBackend:
-    return HFBackend(policy, sampling)
+def _build_hf(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
+              forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
+    return HFBackend(policy, sampling, forward_context)
 
 
-def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling) -> RolloutBackend:
+def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
+                forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
+    # the engine computes in the policy weights' dtype (float32 under mixed precision); autocast does not reach it
     from remax.rollout.vllm import VLLMBackend  # an optional extra's backend: loaded only when a run asks for it
 
     return VLLMBackend.from_config(config, policy, tokenizer, sampling)
@@ -79,8 +86,10 @@ def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling) ->
 BACKENDS: dict[str, Callable[..., RolloutBackend]] = {"hf": _build_hf, "vllm": _build_vllm}
 
 
-def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Optional[int] = None) -> RolloutBackend:
-    """The backend `config.rollout.backend` names, set up with the run's decoding settings."""
+def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Optional[int] = None,
+                  forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
+    """The backend `config.rollout.backend` names, set up with the run's decoding settings;
+    `forward_context` (the run's precision) wraps an in-process generate (hf)."""
     r = config.rollout
     sampling = Sampling(
         max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
@@ -89,7 +98,7 @@ def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Option
     )
     if r.backend not in BACKENDS:
         raise ConfigError(f"--rollout.backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
-    return BACKENDS[r.backend](config, policy, tokenizer, sampling)
+    return BACKENDS[r.backend](config, policy, tokenizer, sampling, forward_context=forward_context)
 
 
 __all__ = [

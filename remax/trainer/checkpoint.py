@@ -5,7 +5,7 @@ A checkpoint `checkpoints/step-N/` holds
   the adapter only (`adapter_model.safetensors`: the base is frozen and re-read from
   model.policy on resume), loadable with peft.PeftModel.from_pretrained;
 - `critic/`: PPO's value model (trunk + `value_head.safetensors`);
-- `trainer_state.pt`: optimizer and scheduler states and the RunState (step, sampler
+- `trainer_state.pt`: optimizer and scheduler states, fp16's loss-scaler state and the RunState (step, sampler
   epoch and position, every RNG, run counters), plain tensors and Python containers
   only, so that it loads with `torch.load(..., weights_only=True)`;
 - `config.yaml`: the config the run had, checked against a resumed run's;
@@ -168,6 +168,7 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     schedulers: dict[str, Any],
     critic: Any = None,
+    precision: Optional[dict[str, Any]] = None,
     config_yaml: str = "",
     metrics_jsonl: str = "",
     keep_last: int = 0,
@@ -188,6 +189,7 @@ def save_checkpoint(
                     "run_state": asdict(state),
                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                     "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                    "precision": precision,  # train.mixed_precision and fp16's loss-scaler state (or None)
                 },
                 tmp / STATE_FILE,
             )

@@ -42,6 +42,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from remax.config import ConfigError
+from remax.trainer.precision import Precision
 
 # ranks whose rollouts differ only by this seed offset (a large odd constant keeps the
 # (seed, step, rank) triples from colliding for any realistic seed and step)
@@ -84,6 +85,10 @@ class Dist:
     """One process: no collectives, this process is rank 0 of 1 and writes everything."""
 
     rank, world, is_main = 0, 1, True
+    precision: Precision = Precision()  # the run's compute precision (remax/trainer/precision.py); set_precision
+
+    def set_precision(self, precision: Precision) -> None:
+        self.precision = precision
 
     def device(self, default: torch.device) -> torch.device:
         return default
@@ -109,13 +114,20 @@ class Dist:
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         """Around every log-prob / value forward of the training models (the update's, with
-        grad, and the preparation's, without): the precision seam, where a mixed-precision
-        autocast would go, so that the 'old' and the new log-probs share one precision.
-        Nothing yet (the models run in model.dtype), here and in AccelerateDist."""
+        grad, and the preparation's, without): the precision's autocast
+        (`train.mixed_precision`; a no-op for 'no'), so that the 'old' and the new log-probs
+        share one precision. The same in AccelerateDist (accelerate's own mixed precision
+        stays off: this one is the run's)."""
+        return self.precision.autocast()
+
+    def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Around a micro-batch's forward and backward: `sync` False on all but the last
+        micro-batch of an optimizer step, where DDP then skips its gradient all-reduce
+        (`no_sync`), so that each optimizer step all-reduces once. Nothing in one process."""
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        self.precision.scale(loss).backward()  # fp16: times the loss scale
 
     def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -167,7 +179,8 @@ class AccelerateDist(Dist):
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        self.acc = Accelerator(cpu=config.model.device == "cpu" or not torch.cuda.is_available())
+        # accelerate's own mixed precision stays off: the run's is train.mixed_precision (Dist.precision)
+        self.acc = Accelerator(cpu=config.model.device == "cpu" or not torch.cuda.is_available(), mixed_precision="no")
         self.kind = self.acc.distributed_type
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
@@ -216,8 +229,19 @@ class AccelerateDist(Dist):
             self.trained[name], wrapped_opts[name] = self.acc.prepare(model, optimizers[name])
         return dict(self.trained), wrapped_opts
 
+    def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        if not sync:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # DDP only: FSDP's no_sync keeps unsharded gradients (memory); DeepSpeed has one backward per step
+            for model in self.trained.values():
+                if isinstance(model, DDP):
+                    stack.enter_context(model.no_sync())
+        return stack
+
     def backward(self, loss: torch.Tensor) -> None:
-        self.acc.backward(loss)
+        self.acc.backward(self.precision.scale(loss))
 
     def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         norm = self.acc.clip_grad_norm_(params, max_norm)

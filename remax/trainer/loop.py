@@ -65,6 +65,7 @@ from remax.trainer.phases.prepare import Batch, Recipe, prepare, token_advantage
 from remax.trainer.phases.rollout import generate, rollout_stream
 from remax.trainer.phases.score import rollout_metrics, score
 from remax.trainer.phases.update import update
+from remax.trainer.precision import Precision
 from remax.trainer.resume import notice
 from remax.trainer.validate import fit_context, overlong_buffer_tokens, resolve_kl, resolve_loss, validate_config
 
@@ -96,6 +97,8 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.dist = make_dist(config)  # one process: a no-op; several (accelerate launch): DDP / FSDP / DeepSpeed
         self.device = self.dist.device(resolve_device(config.model.device))  # a missing GPU: one line, now
+        # train.mixed_precision: the autocast of every forward and fp16's loss scaler, behind dist's seams
+        self.dist.set_precision(Precision.from_config(config, self.device))
         d = config.data
         if rows is None:  # any data format; held-out prompts (data.eval_*) are never trained on
             rows = load_splits(d, config.train.seed).train
@@ -105,6 +108,7 @@ class Trainer:
         longest, where = validate_prompts(rows, self.tokenizer, d.prompt_column, d.chat_template)
         fit_context(config, max_positions(self.policy, self.reference), longest, where)
         self.reward_fn = reward_fn or self._build_reward()
+        self.dist.precision.attach(self.reward_fn)  # a reward model's forward in the run's precision
         self.sampler = PromptSampler(rows, config.train.batch_size, config.train.seed, d.shuffle)
         self._build_optimizers()
         self.state = RunState()
@@ -115,7 +119,8 @@ class Trainer:
         self.samples: Optional[list[dict[str, Any]]] = None  # this step's samples table, when one is due
         # what generates: HF generate on the policy (default) or a vLLM engine (rollout.backend)
         self._own_backend = backend is None
-        self.backend = backend or build_backend(config, self.policy, self.tokenizer, self.eos_token_id)
+        self.backend = backend or build_backend(config, self.policy, self.tokenizer, self.eos_token_id,
+                                                forward_context=self.dist.forward_context)
 
     # ----------------------------------------------------------------- set-up
     def _load_models(self, policy: Any, tokenizer: Any) -> None:
@@ -132,6 +137,7 @@ class Trainer:
         # sampler's, and the KL must not be noise. With --lora.r > 0 only adapters train,
         # and make_reference below returns the base with them switched off (no copy).
         self.policy = apply_lora(policy.to(self.device).eval(), self.config.lora)
+        self.dist.precision.check_trained(self.policy.parameters())  # pure bf16 / fp16 trained weights: a warning
         if m.reference:
             ref = load_causal_lm(m.reference, kind="reference model", flag="--model.reference", **load)
             self.reference = make_reference(ref)
@@ -327,7 +333,8 @@ class Trainer:
 
     # ----------------------------------------------------------- persistence
     def _parts(self) -> persist.Parts:
-        return persist.Parts(self.policy, self.tokenizer, self.critic, self.optimizers, self.schedulers)
+        return persist.Parts(self.policy, self.tokenizer, self.critic, self.optimizers, self.schedulers,
+                             self.dist.precision)
 
     def _snapshot(self) -> RunState:
         return persist.snapshot(self.state, self.sampler)
@@ -368,10 +375,12 @@ class Trainer:
         notice(f"{err}; batch skipped ({self.state.skip_streak} in a row, limit {r.max_consecutive_skips})")
 
     def _count_nonfinite(self, stats: dict[str, float]) -> None:
-        """A step whose updates were all skipped for NaN / inf extends the streak."""
-        if stats["train/skipped_updates"] > 0:
+        """A step whose updates were all skipped for NaN / inf extends the streak (fp16
+        loss-scaler overflows are skips too, counted in train/scaler_skips, not here)."""
+        nonfinite = stats["train/nonfinite_updates"]
+        if nonfinite > 0:
             self.state.nonfinite_steps += 1
-        self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if stats["train/skipped_updates"] == 1 else 0
+        self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite == 1 else 0
 
 
 def _progress(total: int, enabled: bool, initial: int = 0):

@@ -43,6 +43,7 @@ class Parts:
     critic: Any  # None without one
     optimizers: dict[str, Any]
     schedulers: dict[str, Any]
+    precision: Any = None  # remax.trainer.precision.Precision: fp16's loss-scaler state
 
 
 def snapshot(state: RunState, sampler: Any) -> RunState:
@@ -64,6 +65,7 @@ def save_checkpoint(state: RunState, parts: Parts, *, out: Path, dist: Any, keep
             optimizers=parts.optimizers,
             schedulers=parts.schedulers,
             critic=parts.critic,
+            precision=None if parts.precision is None else parts.precision.state_dict(),
             config_yaml=(out / "config.yaml").read_text(),
             metrics_jsonl=metrics.read_text() if metrics.is_file() else "",
             keep_last=keep_last,
@@ -101,6 +103,8 @@ def restore(checkpoint: Path, saved: dict[str, Any], parts: Parts, sampler: Any,
         opt.load_state_dict(saved["optimizers"][name])
     for name, sched in parts.schedulers.items():
         sched.load_state_dict(saved["schedulers"][name])
+    if parts.precision is not None:
+        parts.precision.load_state_dict(saved.get("precision"))  # fp16: the loss scale it had
     state = RunState(**saved["run_state"])
     sampler.load_state_dict(state.sampler)
     restore_rng(dist.own_rng(state.rng))  # this rank's streams

@@ -9,8 +9,12 @@ The losses are normalised by the whole minibatch's token / sequence counts (glob
 ranks, `dist.loss_normalisers`), so the accumulated gradient equals one full-batch
 backward however the rows are split. On the single on-policy pass the forward with grad
 is also the 'old' log-probs, detached: no extra forward. The training forward runs
-under `dist.forward_context()` (the precision seam: a no-op for now), backward and
-clipping go through `dist` (DDP / FSDP / DeepSpeed)."""
+under `dist.forward_context()` (the run's precision: `train.mixed_precision`'s autocast),
+backward and clipping go through `dist` (DDP / FSDP / DeepSpeed), and every micro-batch
+but an optimizer step's last runs under `dist.accumulate(sync=False)` (DDP's `no_sync`:
+one gradient all-reduce per optimizer step). With fp16 the loss is scaled
+(`dist.precision`, a GradScaler): gradients are unscaled before clipping, and a step
+whose scaled gradients overflowed is skipped and counted as a scaler skip, not as NaN / inf."""
 
 from __future__ import annotations
 
@@ -56,6 +60,11 @@ class _Update:
         n_steps = epochs * n_mb
         stats = {k: v / n_steps for k, v in acc.items() if not k.startswith("_")}
         stats["train/skipped_updates"] = acc.get("_skipped", 0) / acc["_opt_steps"]  # share of this step's updates
+        # of which fp16 loss-scaler overflows (the scale coming down), which do not extend the NaN / inf streak
+        stats["train/nonfinite_updates"] = (acc.get("_skipped", 0) - acc.get("_scaler_skips", 0)) / acc["_opt_steps"]
+        if self.dist.precision.scaler is not None:
+            stats["train/scaler_skips"] = float(acc.get("_scaler_skips", 0))  # optimizer steps skipped in this step
+            stats["train/loss_scale"] = float(self.dist.precision.scaler.get_scale())
         stats["kl/mean"] = acc["_kl_sum"] / max(acc["_tokens"], 1.0)
         stats["kl/seq_mean"] = acc["_kl_sum"] / n_rows
         stats.update(logprob_mismatch_metrics(acc))  # engine vs trainer on the sampled tokens
@@ -68,12 +77,15 @@ class _Update:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         finite = True
-        for micro in rows.split(self.config.train.micro_batch_size):
-            with self.dist.forward_context():
-                losses = self._micro_losses(batch, micro, norm, acc, first_pass)
-            total = sum(losses.values())
-            finite = finite and bool(torch.isfinite(total))
-            self.dist.backward(total)
+        micros = rows.split(self.config.train.micro_batch_size)
+        for i, micro in enumerate(micros):
+            # DDP all-reduces the gradients in the last micro-batch's backward only
+            with self.dist.accumulate(sync=i == len(micros) - 1):
+                with self.dist.forward_context():
+                    losses = self._micro_losses(batch, micro, norm, acc, first_pass)
+                total = sum(losses.values())
+                finite = finite and bool(torch.isfinite(total))
+                self.dist.backward(total)
             for k, v in losses.items():
                 acc[k] = acc.get(k, 0.0) + float(v.detach())
         self._clip_and_step(acc, finite)
@@ -112,22 +124,28 @@ class _Update:
         return losses
 
     def _clip_and_step(self, acc: dict[str, float], finite_loss: bool) -> None:
-        """Clip, then step every optimizer; if the loss or any gradient is NaN / inf, step
-        none of them (weights and Adam moments stay as they were) and count the skip."""
-        clip = self.config.train.grad_clip or math.inf
+        """Unscale (fp16), clip, then step every optimizer; if the loss or any gradient is
+        NaN / inf, step none of them (weights and Adam moments stay as they were) and count
+        the skip (a scaler skip when the loss was finite and the fp16 scale overflowed)."""
+        clip, precision = self.config.train.grad_clip or math.inf, self.dist.precision
         norms = {}
         for name, opt in self.optimizers.items():
+            precision.unscale_(opt)  # clipping and the logged norm see the true gradients
             params = [p for g in opt.param_groups for p in g["params"]]
             norms[name] = self.dist.clip_grad_norm(params, clip)
             acc[f"grad/{name}_norm"] = acc.get(f"grad/{name}_norm", 0.0) + float(norms[name])
         acc["_opt_steps"] = acc.get("_opt_steps", 0) + 1
         if not finite_loss or not all(bool(torch.isfinite(n)) for n in norms.values()):
             acc["_skipped"] = acc.get("_skipped", 0) + 1
+            if finite_loss and precision.overflow_is_scaler():
+                acc["_scaler_skips"] = acc.get("_scaler_skips", 0) + 1
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
+            precision.update()  # fp16: halve the scale
             return
         for opt in self.optimizers.values():
-            opt.step()
+            precision.step(opt)
+        precision.update()
 
 
 __all__ = ["update"]
