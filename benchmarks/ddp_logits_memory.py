@@ -53,8 +53,8 @@ def main() -> None:
     fixed = lp._accepts
     old = lambda model, name: name in inspect.signature(model.forward).parameters  # noqa: E731 (the check before)
     print(f"vocab {args.vocab:,}, {n} rows x ({p} prompt + {r} response) tokens, one update forward through DDP")
-    print(f"| precision | logits_to_keep | lm-head output | MiB |")
-    print(f"|---|---|---|---|")
+    print("| precision | logits_to_keep | lm-head output | MiB |")
+    print("|---|---|---|---|")
     saved = {}
     for name, dtype in (("float32", None), ("bf16 autocast", torch.bfloat16)):
         for label, check in (("lost behind DDP (before)", old), ("passed through (now)", fixed)):

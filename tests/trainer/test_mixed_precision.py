@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -178,8 +179,6 @@ def test_autocast_reaches_update_reference_rollout_and_reward_model(tmp_path, to
     assert (True, torch.bfloat16) in seen and (False, torch.bfloat16) in seen  # update (grad) and rollout / reference
 
     class FakeRewardModel:  # remax.rewards.model.RewardModelReward's hook: forward_context
-        import contextlib
-
         forward_context = contextlib.nullcontext
 
         def __call__(self, prompts, responses, **row):
