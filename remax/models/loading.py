@@ -131,28 +131,50 @@ def checked_from_pretrained(
         if "trust_remote_code" in str(err):
             hint = "it ships its own code; pass --model.trust_remote_code True only if you trust it"
         raise ModelLoadError(f"cannot load {kind} {name!r} ({_first_line(err)}); {hint}") from err
+    except Exception as err:  # SafetensorError, EOFError, ...: none of them an OSError
+        from remax.models.checks import unreadable
+
+        if not unreadable(err):
+            raise
+        raise ModelLoadError(f"cannot load {kind} {name!r}: its weights cannot be read ({_first_line(err)[:160]}: "
+                             "a truncated or corrupt file); copy or download it again") from None
 
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False, flag: str | None = None):
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False, flag: str | None = None,
+                   missing_hint: str | None = None):
     """AutoTokenizer with left padding (prompts are left-padded for generation).
 
     `padding_side="left"` is passed at construction, not assigned afterwards. If the
     tokenizer has no pad token, its EOS token is used as pad (GPT-2, Llama): harmless
     here because masks come from the first EOS (`remax.algos.masks.response_mask`) and
     from the prompt attention mask, never from comparing ids with pad."""
+    from remax.models.checks import check_tokenizer_dir, check_tokenizer_not_empty
+
+    name = os.fspath(name_or_path)
+    hint = missing_hint or _tokenizer_hint(flag)
+    check_tokenizer_dir(name, hint)  # else transformers builds an empty tokenizer from config.json
     tok = checked_from_pretrained(
         "tokenizer", AutoTokenizer.from_pretrained, name_or_path,
         padding_side="left", trust_remote_code=trust_remote_code, flag=flag,
     )
+    check_tokenizer_not_empty(tok, name, hint)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ModelLoadError(f"tokenizer {os.fspath(name_or_path)!r} has neither a pad nor an EOS token")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _tokenizer_hint(flag: str | None) -> str:
+    if flag == "--model.policy":
+        return "pass --model.tokenizer NAME_OR_PATH (the tokenizer the policy was trained with)"
+    if flag == "--model.tokenizer":
+        return "pass a directory holding the tokenizer's files (tokenizer.save_pretrained) to --model.tokenizer"
+    return "save the tokenizer into it with tokenizer.save_pretrained(DIR)"
 
 
 def to_torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
@@ -179,13 +201,38 @@ def load_causal_lm(
     `progress_bar`. Returned in eval mode (from_pretrained's); the trainer decides
     when to train. `kind` and `flag` name it in errors ("policy", "--model.policy").
     Custom model code runs only with `trust_remote_code`."""
+    from remax.models.checks import check_architecture, check_attends_only_to_the_past, held_back_warnings, release
+
     device = resolve_device(device)  # a missing GPU fails before the weights are read
-    model = checked_from_pretrained(
-        kind, AutoModelForCausalLM.from_pretrained, name_or_path,
-        required="config.json", progress_bar=progress_bar, flag=flag,
-        dtype=to_torch_dtype(dtype), trust_remote_code=trust_remote_code,
-    )
-    return model.to(device)
+    name = os.fspath(name_or_path)
+    saved = _local_config(name)
+    if saved is not None:  # a masked LM or a bare encoder: refused before its weights are read
+        check_architecture(saved, name, kind, flag)
+    with held_back_warnings() as held:  # printed only if the model is kept
+        model = checked_from_pretrained(
+            kind, AutoModelForCausalLM.from_pretrained, name_or_path,
+            required="config.json", progress_bar=progress_bar, flag=flag,
+            dtype=to_torch_dtype(dtype), trust_remote_code=trust_remote_code,
+        )
+        check_architecture(model.config, name, kind, flag)  # hub models: from the config that was read
+        model = model.to(device)
+        check_attends_only_to_the_past(model, name, kind, flag)
+    release(held)
+    return model
+
+
+def _local_config(name: str):
+    """config.json of a local directory as an object with `architectures`, or None."""
+    import json
+    from types import SimpleNamespace
+
+    path = os.path.join(os.path.expanduser(name), "config.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return SimpleNamespace(architectures=data.get("architectures") if isinstance(data, dict) else None)
 
 
 def make_reference(policy: torch.nn.Module):

@@ -213,7 +213,15 @@ def load_adapter_into(policy: nn.Module, directory: str | os.PathLike) -> None:
     if not os.path.isfile(path):
         raise InputError(f"no {ADAPTER_WEIGHTS} in {os.fspath(directory)!r}: the checkpoint was not written with LoRA; "
                          "resume with the LoRA settings it was written with")
-    tensors = load_file(path)
+    try:
+        tensors = load_file(path)
+    except Exception as err:  # a truncated file: safetensors' SafetensorError
+        from remax.models.checks import unreadable
+
+        if not unreadable(err):
+            raise
+        raise InputError(f"{path} is corrupt ({str(err).strip()[:160]}); pass an earlier checkpoint to --resume PATH, "
+                         "or start again") from None
     own = get_peft_model_state_dict(policy)
     if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
         odd = sorted(set(tensors) ^ set(own)) or [k for k in own if tensors[k].shape != own[k].shape]

@@ -58,11 +58,13 @@ class RewardModelReward:
         # around each forward: the trainer sets its precision's autocast here (train.mixed_precision)
         self.forward_context: Any = contextlib.nullcontext
         self.batch_size = batch_size
+        refuse_causal_lm(self.name)  # before transformers builds a random head and prints its load report
         # checked loads: a missing path is one line naming --reward.model, not a hub error
-        model = checked_from_pretrained(
-            "reward model", AutoModelForSequenceClassification.from_pretrained, self.name,
-            required="config.json", flag="--reward.model", dtype=_DTYPES[dtype],
-        )
+        with quiet_transformers():
+            model = checked_from_pretrained(
+                "reward model", AutoModelForSequenceClassification.from_pretrained, self.name,
+                required="config.json", flag="--reward.model", dtype=_DTYPES[dtype],
+            )
         self.tokenizer = _load_tokenizer(AutoTokenizer, self.name)
         if model.config.num_labels != 1:
             raise ValueError(
@@ -119,6 +121,45 @@ class RewardModelReward:
 
     def __repr__(self) -> str:
         return f"RewardModelReward({self.name!r}, device={str(self.device)!r})"
+
+
+def refuse_causal_lm(name: str) -> None:
+    """A local directory saved from a causal LM (no classification head) is not a reward
+    model: one line, before transformers initialises a random head for it."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(os.path.expanduser(name), "config.json")) as f:
+            archs = json.load(f).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    from remax.models.checks import is_causal_name
+
+    if archs and all(is_causal_name(a) and "ForSequenceClassification" not in a for a in archs):
+        raise ValueError(
+            f"reward model {name!r} is a causal language model ({archs[0]}), not a reward model (a "
+            "*ForSequenceClassification with one label); pass a trained reward model to --reward.model, or score "
+            "with --reward.kind python"
+        )
+
+
+def quiet_transformers():
+    """transformers' warnings (a load report) off for the duration; restored after."""
+    from contextlib import contextmanager
+
+    from transformers.utils import logging as hf_logging
+
+    @contextmanager
+    def ctx():
+        before = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(before)
+
+    return ctx()
 
 
 def _joined(messages: list[dict[str, str]]) -> str:

@@ -275,7 +275,16 @@ def load_safetensors_into(module: torch.nn.Module, directory: Path, only: Option
     own = module.state_dict(keep_vars=True)
     loaded: set[str] = set()
     for p in paths:
-        tensors = load_file(p)
+        try:
+            tensors = load_file(p)
+        except Exception as err:  # a truncated file: safetensors' SafetensorError, not an OSError
+            from remax.models.checks import unreadable
+
+            if not unreadable(err) and not isinstance(err, OSError):
+                raise
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise InputError(f"checkpoint {str(directory.parent)!r} is corrupt ({p.name}: {reason}); pass an earlier "
+                             "checkpoint to --resume PATH (checkpoints/step-N), or start again") from None
         unexpected = sorted(set(tensors) - set(own))
         if unexpected:
             raise InputError(f"{p}: weights {unexpected[:3]} do not belong to this model; resume with the same model")
