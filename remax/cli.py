@@ -15,6 +15,7 @@ import io
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from remax.errors import InputError, RemaxError
@@ -189,7 +190,13 @@ def cmd_train(args: Sequence[str]) -> int:
     if n > 1 and not os.environ.get("WORLD_SIZE"):  # the shortcut: relaunch this command in n processes
         import subprocess
 
-        parse_train_args(args)  # a bad flag is one line here, not one per process
+        from remax.trainer.lock import check_unlocked
+        from remax.trainer.validate import preflight
+
+        # every flag checked here, once, before torchrun starts n processes that would each print it
+        config = parse_train_args(args)
+        preflight(config, world=n)
+        check_unlocked(Path(config.output_dir))
 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
                "-m", "remax", "train", *args]

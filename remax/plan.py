@@ -114,6 +114,11 @@ def load_model_config(spec: str) -> Any:
         if not policy:
             raise InputError(f"{path}: no model.policy in this run config; pass --model PATH_OR_NAME")
         return load_model_config(policy)
+    from remax.models.loading import _looks_like_path
+
+    if not path.exists() and _looks_like_path(spec):  # not "org/name": the hub's "Repo id must be..." misleads
+        raise InputError(f"cannot read a model config from {spec!r}: the path does not exist; pass a directory holding config.json, a "
+                         "config.json file, a run YAML, or a hub name")
     try:
         if path.is_file():
             return AutoConfig.from_pretrained(str(path.parent), **_config_file_kwargs(path))

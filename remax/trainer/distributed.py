@@ -190,10 +190,10 @@ class AccelerateDist(Dist):
         self._check(config)
 
     def _check(self, config: Any) -> None:
+        from remax.trainer.validate import check_world
+
         t = config.train
-        if t.batch_size % self.world:
-            raise ConfigError(f"--train.batch_size {t.batch_size} does not split over {self.world} processes; "
-                              f"make it a multiple of {self.world}")
+        check_world(config, self.world)  # the CLI checked it before launching; a bare torchrun comes here
         if self.sharded and (config.log.save_every or config.resume):
             raise ConfigError("checkpoints and --resume need DDP for now (FSDP / DeepSpeed optimizer shards are "
                               "not saved); set --log.save_every 0 and no --resume, or launch with configs/accelerate/ddp.yaml")

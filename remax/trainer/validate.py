@@ -111,8 +111,51 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
             raise ConfigError(message)
     placement, _ = resolve_kl(c, spec)
     resolve_loss(c, spec)  # an unknown loss.policy_loss: one line, now
+    check_output_dir(c.output_dir)
+    check_dtype(c)
     if placement == "reward_to_go" and c.loss.gamma != 1.0:
         raise ConfigError("kl_placement reward_to_go has no discount; pass --loss.gamma 1.0 or --loss.kl_placement token")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """--output_dir must be a directory (or not exist yet), checked before any model loads."""
+    from pathlib import Path
+
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--output_dir {str(path)!r} is an existing file, not a directory; pass a directory path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--output_dir {str(path)!r}: {str(parent)!r} is a file, not a directory; "
+                              "pass another path")
+
+
+def check_dtype(config: Config) -> None:
+    """float16 on CPU diverges (Adam's eps underflows): refused before anything loads."""
+    from remax.models.checks import check_dtype_on_device
+    from remax.models.loading import resolve_device
+
+    if config.model.dtype == "float16":
+        check_dtype_on_device("float16", resolve_device(config.model.device), "--model.dtype")
+
+
+def check_world(config: Config, world: int) -> None:
+    """What a launch over `world` processes needs of the flags: checked by the CLI before
+    it launches them (so the line is printed once) and by each process again."""
+    t = config.train
+    if world > 1 and t.batch_size % world:
+        raise ConfigError(f"--train.batch_size {t.batch_size} does not split over {world} processes; "
+                          f"make it a multiple of {world}")
+
+
+def preflight(config: Config, world: int = 1) -> None:
+    """Every check that needs no model or data, for `remax train --num_processes N`:
+    the one-line error comes once, before torchrun starts N processes that would each print it."""
+    from remax.algos import get_algorithm
+    from remax.config import check_algo
+
+    validate_config(config, get_algorithm(check_algo(config.algo)))
+    check_world(config, world)
 
 
 def _first_nonfinite(config: Config) -> Optional[tuple[str, float]]:
@@ -132,25 +175,42 @@ def fit_context(config: Config, limit: Optional[int], longest: int, where: str) 
     one warning) when the longest prompt plus max_new_tokens does not fit the model's
     `limit` positions. `longest`: the longest encoded prompt, found at `where`; prompts
     are cut to max_prompt_tokens, so only the smaller of the two counts. No limit: no check."""
-    d, new = config.data, config.rollout.max_new_tokens
-    prompt = min(longest, d.max_prompt_tokens)
-    if limit is None or prompt + new <= limit:
+    d = config.data
+    room = fit_lengths(limit, longest, where, config.rollout.max_new_tokens, d.max_prompt_tokens,
+                       overflow=d.context_overflow)
+    if room is None:
         return
-    room = limit - new
-    if room < 1:
-        raise ConfigError(
-            f"--rollout.max_new_tokens {new} does not fit the policy's context of {limit} positions, "
-            f"with any prompt; lower --rollout.max_new_tokens below {limit}"
-        )
     numbers = (f"the longest prompt ({where}, {longest} tokens, kept up to --data.max_prompt_tokens "
-               f"{d.max_prompt_tokens}) + --rollout.max_new_tokens {new} = {prompt + new} exceeds the policy's "
+               f"{d.max_prompt_tokens}) + --rollout.max_new_tokens {config.rollout.max_new_tokens} = "
+               f"{min(longest, d.max_prompt_tokens) + config.rollout.max_new_tokens} exceeds the policy's "
                f"context of {limit} positions")
-    if d.context_overflow == "error":
-        fewer_new = f" or --rollout.max_new_tokens to {limit - prompt}" if limit - prompt >= 1 else ""
-        raise ConfigError(
-            f"{numbers}; lower --data.max_prompt_tokens to {room} (prompts keep their last tokens){fewer_new}, "
-            "or pass --data.context_overflow truncate"
-        )
     warnings.warn(f"{numbers}; --data.context_overflow truncate: prompts now keep their last {room} tokens "
                   f"(data.max_prompt_tokens {d.max_prompt_tokens} -> {room})", stacklevel=2)
     d.max_prompt_tokens = room
+
+
+def fit_lengths(limit: Optional[int], longest: int, where: str, new: int, max_prompt: int, *,
+                overflow: Optional[str] = "error", new_flag: str = "--rollout.max_new_tokens",
+                prompt_flag: str = "--data.max_prompt_tokens") -> Optional[int]:
+    """The check behind `fit_context`, with the flags named as the command calls them
+    (`remax eval` passes --max_new_tokens / --max_prompt_tokens and overflow None: no
+    truncate option). None when everything fits; else raises, or (overflow 'truncate')
+    returns the prompt room left for the caller to apply."""
+    prompt = min(longest, max_prompt)
+    if limit is None or prompt + new <= limit:
+        return None
+    room = limit - new
+    if room < 1:
+        raise ConfigError(
+            f"{new_flag} {new} does not fit the policy's context of {limit} positions, "
+            f"with any prompt; lower {new_flag} below {limit}"
+        )
+    numbers = (f"the longest prompt ({where}, {longest} tokens, kept up to {prompt_flag} "
+               f"{max_prompt}) + {new_flag} {new} = {prompt + new} exceeds the policy's "
+               f"context of {limit} positions")
+    if overflow != "truncate":
+        fewer_new = f" or {new_flag} to {limit - prompt}" if limit - prompt >= 1 else ""
+        truncate = ", or pass --data.context_overflow truncate" if overflow is not None else ""
+        raise ConfigError(f"{numbers}; lower {prompt_flag} to {room} (prompts keep their last tokens){fewer_new}"
+                          f"{truncate}")
+    return room
