@@ -97,6 +97,10 @@ def check_row(row: Any, prompt_column: str, where: str) -> None:
             f"rename it or pass --data.prompt_column"
         )
     prompt = row[prompt_column]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        raise DataError(f"{where}: column {prompt_column!r} holds token ids (a list of integers); pre-tokenized "
+                        "prompts are not supported: pass the prompt as text (or a chat: a list of {role, content} "
+                        "messages)")
     if isinstance(prompt, list):
         _check_chat(prompt, prompt_column, where)
         return
@@ -194,12 +198,22 @@ def prompt_texts(tokenizer: Any, prompts: list[Any], chat_template: bool, locati
         where = locations[first] if locations else f"row {first}"
         raise DataError(f"{where}: a chat prompt (a list of messages) needs a tokenizer with a chat template, and "
                         "this one has none; pass --model.tokenizer with one, or give plain-text prompts")
-    return [
-        tokenizer.apply_chat_template(p if isinstance(p, list) else [{"role": "user", "content": p}],
-                                      tokenize=False, add_generation_prompt=True)
-        if _templated(p, chat_template) else p
-        for p in prompts
-    ]
+    return [_render(tokenizer, p, i, locations) if _templated(p, chat_template) else p for i, p in enumerate(prompts)]
+
+
+def _render(tokenizer: Any, prompt: Any, i: int, locations: Optional[list[str]]) -> str:
+    """One prompt through the chat template; a template that refuses it (Llama / Mistral /
+    Gemma templates raise on roles or orders they do not support) names the row."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as err:
+        where = locations[i] if locations else f"row {i}"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        roles = ", ".join(str(m.get("role")) for m in messages if isinstance(m, dict))
+        raise DataError(f"{where}: the tokenizer's chat template refused this chat (roles: {roles}): {reason}; "
+                        "fix the row (e.g. merge a system message into the first user turn) or pass "
+                        "--model.tokenizer with a template that accepts it") from None
 
 
 def _encode(tokenizer: Any, prompts: list[Any], chat_template: bool, locations: Optional[list[str]] = None) -> list[list[int]]:
