@@ -217,23 +217,36 @@ def run_eval(c: EvalConfig) -> dict[str, Any]:
     from remax.data import load_prompts
     from remax.models import load_causal_lm, load_tokenizer, resolve_device
 
+    from remax.data import PromptRows, validate_prompts
+    from remax.models.checks import check_dtype_on_device, check_vocab
+    from remax.models.loading import max_positions
+    from remax.trainer.guards import RewardFailure, prepare_reward
+    from remax.trainer.validate import fit_lengths
+
     check_eval_config(c)
     device = resolve_device(c.device)
-    rows = load_prompts(c.data, c.prompt_column, split=c.split, flag="--data")
-    rows = list(rows)[: c.n_prompts or None]
+    check_dtype_on_device(c.dtype, device, "--dtype")
+    loaded = load_prompts(c.data, c.prompt_column, split=c.split, flag="--data")
+    locations = getattr(loaded, "locations", None)
+    rows = PromptRows(list(loaded)[: c.n_prompts or None], locations[: c.n_prompts or None] if locations else None)
+    # the same checked load path, data checks and guards as `remax train`
     load = dict(dtype=c.dtype, device=str(device))
     policy = load_causal_lm(c.policy, kind="policy", flag="--policy", **load).to(device).eval()
     reference = load_causal_lm(c.reference, kind="reference model", flag="--reference", **load).to(device).eval()
-    if _vocab_size(policy) != _vocab_size(reference):
-        raise ConfigError(f"--reference has {_vocab_size(reference)} token embeddings and --policy "
-                          f"{_vocab_size(policy)}; the KL needs one shared vocabulary: compare models of one family")
     tokenizer = load_tokenizer(c.policy, flag="--policy")
-    reward_fn = build_eval_reward(c.reward, str(device))
+    check_vocab(tokenizer, policy, {"--reference": reference}, policy_flag="--policy")
+    longest, where = validate_prompts(rows, tokenizer, c.prompt_column)
+    fit_lengths(max_positions(policy, reference), longest, where, c.max_new_tokens, c.max_prompt_tokens,
+                overflow=None, new_flag="--max_new_tokens", prompt_flag="--max_prompt_tokens")
+    reward_fn = prepare_reward(build_eval_reward(c.reward, str(device)), rows, c.prompt_column, tokenizer)
     prompts = [r[c.prompt_column] for r in rows]
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != c.prompt_column}
-    result = compare(policy, reference, tokenizer, prompts, reward_fn, extra=extra,
-                     max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
-                     batch_size=c.batch_size, max_prompt_tokens=c.max_prompt_tokens, seed=c.seed)
+    try:
+        result = compare(policy, reference, tokenizer, prompts, reward_fn, extra=extra,
+                         max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                         batch_size=c.batch_size, max_prompt_tokens=c.max_prompt_tokens, seed=c.seed)
+    except RewardFailure as err:  # nothing written yet: bad input, exit 2
+        raise ConfigError(f"{err}; nothing was written") from None
     summary = {"policy": c.policy, "reference": c.reference, "data": c.data, **result.summary()}
     write_outputs(Path(c.out), summary, result.side_by_side())
     print_summary(summary, c.out)

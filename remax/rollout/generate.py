@@ -137,6 +137,22 @@ def model_inputs(
     }
 
 
+class NonFiniteLogits(RuntimeError):
+    """The policy's logits hold NaN / +inf (diverged weights): sampling from them is
+    meaningless, and torch.multinomial would fail with a traceback."""
+
+
+class FiniteLogitsCheck(LogitsProcessor):
+    """Raises NonFiniteLogits when a row's logits hold NaN or +inf, or are all -inf, before
+    any other processor or the sampler reads them."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        bad = torch.isnan(scores).any() | torch.isposinf(scores).any() | torch.isneginf(scores).all(-1).any()
+        if bool(bad):
+            raise NonFiniteLogits("the policy's logits are NaN/inf")
+        return scores
+
+
 class ArgmaxRowsProcessor(LogitsProcessor):
     """Sets every logit but the row's argmax to -inf on the rows in `row_mask`.
 
@@ -251,7 +267,7 @@ def generate_rollout(
             max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
-            logits_processor=LogitsProcessorList([ArgmaxRowsProcessor(is_greedy_row)]),
+            logits_processor=LogitsProcessorList([FiniteLogitsCheck(), ArgmaxRowsProcessor(is_greedy_row)]),
             **_NEUTRAL_GENERATE_KWARGS,
         )  # (N, P+R)
     finally:

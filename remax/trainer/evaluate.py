@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from remax.data import encode_prompts
-from remax.rewards.base import as_reward_tensor
 from remax.rollout import Rollout, generate_rollout
+from remax.trainer.guards import call_reward
 
 
 @dataclass
@@ -80,7 +80,8 @@ def _evaluate(policy, tokenizer, prompts, reward_fn, max_new_tokens, temperature
         lengths.append(ro.response_mask.sum(-1).cpu())  # (2b,) sampled rows, then greedy rows
         samples.append(ro.sampled())
     both = {k: list(v) + list(v) for k, v in extra.items()}
-    scores = as_reward_tensor(reward_fn(prompts + prompts, sampled + greedy, **both), 2 * len(prompts), "reward")
+    # training's reward guard: a raise, NaN / inf or a wrong count is one RewardFailure line
+    scores = call_reward(reward_fn, prompts + prompts, sampled + greedy, both, step="eval", greedy=len(prompts))
     b = len(prompts)
     per_chunk = [(n[: len(n) // 2], n[len(n) // 2 :]) for n in lengths]
     return EvalResult(prompts, sampled, greedy, scores[:b], scores[b:],

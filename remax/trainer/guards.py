@@ -14,7 +14,8 @@ import os
 import signal
 import threading
 import traceback
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -99,12 +100,19 @@ def call_reward(
     responses: list[str],
     extra: dict[str, list[Any]],
     *,
-    step: int,
+    step: int | str,
     timeout_s: Optional[float] = None,
+    greedy: int = 0,
 ) -> torch.Tensor:
-    """Score (prompts, responses) with `fn`: a float32 (N,) tensor or a RewardFailure."""
+    """Score (prompts, responses) with `fn`: a float32 (N,) tensor or a RewardFailure.
+    `greedy`: how many of the rows are greedy baseline responses (the last ones), so a
+    wrong count is explained as 'B sampled + G greedy'. `step`: a step number, or where
+    else the call happens ('eval')."""
     name = getattr(fn, "name", None) or getattr(fn, "__qualname__", None) or type(fn).__name__
-    head = f"reward {name!r} at step {step}"
+    head = f"reward {name!r} at step {step}" if isinstance(step, int) else f"reward {name!r} in {step}"
+    at_step = getattr(fn, "at_step", None)
+    if callable(at_step) and isinstance(step, int):
+        at_step(step)  # TRL-style rewards read trainer_state.global_step
 
     def row(i: int) -> str:
         return f"row {i}: prompt {_short(prompts[i], 40)}, response {_short(responses[i])}"
@@ -118,9 +126,91 @@ def call_reward(
         ) from None
     except RewardValueError as err:
         where = f"; {row(err.index)}" if err.index is not None and err.index < len(prompts) else ""
-        raise RewardFailure(f"{head}: {err.detail}{where}") from None
+        detail = err.detail
+        if greedy:  # the count includes the greedy baseline's rows: say so
+            detail = detail.replace("(one per response)", f"(one per response: {len(prompts) - greedy} sampled "
+                                    f"+ {greedy} greedy baseline, scored in one call)")
+        raise RewardFailure(f"{head}: {detail}{where}") from None
     except Exception as err:
         message = (str(err).strip().splitlines() or [""])[0][:200]
         raise RewardFailure(
             f"{head} raised {type(err).__name__}{_where(err)}: {message} (batch of {len(prompts)}, {row(0)})"
         ) from None
+
+
+# ------------------------------------------------------------------ non-finite weights and logits
+class NonFiniteModel(RemaxError):
+    """The policy's weights or logits became NaN / inf: the run cannot go on from here."""
+
+
+def _finite(params: list[torch.Tensor]) -> bool:
+    """All of `params` finite, in one device sync: the max |p| of each, stacked."""
+    params = [p.detach() for p in params if p.numel()]
+    if not params:
+        return True
+    try:
+        peaks = torch._foreach_norm(params, float("inf"))
+    except (AttributeError, RuntimeError, TypeError):
+        peaks = [p.abs().amax() for p in params]
+    return bool(torch.isfinite(torch.stack([x.float().to(params[0].device) for x in peaks])).all())
+
+
+def check_finite_weights(optimizers: dict[str, Any], step: int) -> None:
+    """After an optimizer step: NonFiniteModel if a weight it updated is NaN / inf (the loss
+    and gradients were finite, so the step itself overflowed: the learning rate)."""
+    for name, opt in optimizers.items():
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if not _finite(params):
+            raise NonFiniteModel(f"the {name}'s weights became NaN/inf in the update of step {step}")
+
+
+def nonfinite_stop(err: BaseException, step: int, out: Any, lr: float) -> "RunStopped":
+    """The one line for a run whose weights or logits are no longer finite (`step`: the
+    steps finished). Nothing is saved (the weights are broken); the newest checkpoint
+    written before is named. Logits that fail in a rollout come from step `step`'s
+    weights, so its checkpoint, if any, is not a good one: the one before it is named."""
+    from pathlib import Path
+
+    from remax.errors import RunStopped
+    from remax.trainer.checkpoint import checkpoint_steps
+
+    logits = not isinstance(err, NonFiniteModel)
+    what = f"the policy's logits were NaN/inf in the rollout of step {step + 1}" if logits else str(err)
+    steps = checkpoint_steps(Path(out) / "checkpoints")
+    good = [s for s in steps if s < step or (s == step and not logits)]
+    kept = (f"the last good checkpoint, {steps[max(good)]}, is intact and nothing newer was saved" if good
+            else "no good checkpoint had been written (--log.save_every N keeps some), so nothing was saved")
+    if logits and step in steps:
+        kept += f" ({steps[step]} holds the weights that gave those logits)"
+    return RunStopped(f"{what}: the run diverged; lower --train.lr (now {lr:g}) and start again (--overwrite True); {kept}")
+
+
+@contextmanager
+def nonfinite_guard(step: int, out: Any, lr: float) -> Iterator[None]:
+    """Around a training step: diverged weights (check_finite_weights) or logits the sampler
+    cannot draw from (NonFiniteLogits) become one RunStopped line (`nonfinite_stop`)."""
+    from remax.rollout.generate import NonFiniteLogits
+
+    try:
+        yield
+    except (NonFiniteModel, NonFiniteLogits) as err:
+        raise nonfinite_stop(err, step, out, lr) from None
+
+
+def prepare_reward(fn: Callable[..., Any], rows: list[dict[str, Any]], prompt_column: str, tokenizer: Any = None):
+    """The reward the loop calls: a plain function wrapped as a PythonReward (so TRL / verl /
+    remax signatures are mapped by parameter name), its needed columns checked against the
+    data now, at load (a ConfigError line), not after the first generation."""
+    from remax.config import ConfigError
+    from remax.rewards.python import PythonReward, wrap_function
+
+    try:
+        fn = wrap_function(fn)
+        if isinstance(fn, PythonReward):
+            if tokenizer is not None:
+                fn.tokenizer = tokenizer  # for completion_ids
+            if rows:
+                fn.check_columns([k for k in rows[0] if k != prompt_column])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return fn

@@ -55,7 +55,9 @@ from remax.rollout.types import EngineOutOfSync
 from remax.trainer.batch_fill import Filled, fill_batch, shape_rewards
 from remax.trainer.checkpoint import RunState
 from remax.trainer.distributed import make_dist
-from remax.trainer.guards import RewardFailure, SignalGuard
+from remax.trainer.guards import RewardFailure, SignalGuard, nonfinite_guard, prepare_reward
+from remax.trainer.lock import run_lock
+from remax.models.checks import check_vocab
 from remax.trainer.loggers import LoggerGroup, open_loggers, parse_report_to, rollout_samples, samples_due
 from remax.trainer.memory import checkpoint_layers, prepare_reference
 from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_reward_curve
@@ -107,7 +109,7 @@ class Trainer:
         # prompt + response longer than the model's context stops the run before anything is written.
         longest, where = validate_prompts(rows, self.tokenizer, d.prompt_column, d.chat_template)
         fit_context(config, max_positions(self.policy, self.reference), longest, where)
-        self.reward_fn = reward_fn or self._build_reward()
+        self.reward_fn = prepare_reward(reward_fn or self._build_reward(), rows, d.prompt_column, self.tokenizer)
         self.dist.precision.attach(self.reward_fn)  # a reward model's forward in the run's precision
         self.sampler = PromptSampler(rows, config.train.batch_size, config.train.seed, d.shuffle)
         self._build_optimizers()
@@ -156,6 +158,8 @@ class Trainer:
         if eos is None:
             raise ConfigError("the tokenizer has no eos_token; set one so responses can end")
         self.eos_token_id = eos
+        check_vocab(self.tokenizer, self.policy, {"--model.reference": self.reference if m.reference else None,
+                                                  "--model.critic": self.critic if m.critic else None})
 
     def _build_reward(self) -> Callable[..., Any]:
         r = self.config.reward
@@ -179,11 +183,12 @@ class Trainer:
     def train(self) -> list[dict[str, float]]:
         """Run, or continue, to config.train.steps steps; write metrics, checkpoints, final/
         and the plot. A first SIGINT / SIGTERM stops after the current step with a checkpoint."""
-        self._start()
-        try:
-            return self._train_loop()
-        finally:
-            self.loggers.close()
+        with run_lock(self.out, self.dist):  # one run per output_dir at a time (remax/trainer/lock.py)
+            self._start()
+            try:
+                return self._train_loop()
+            finally:
+                self.loggers.close()
 
     def _train_loop(self) -> list[dict[str, float]]:
         bar = _progress(self.config.train.steps, self.config.log.progress, initial=self.state.step)
@@ -211,7 +216,8 @@ class Trainer:
         then None is returned. Updates with NaN / inf were already skipped inside step()."""
         boundary = self._snapshot()  # the last good state, should this step fail
         try:
-            metrics = self.step()
+            with nonfinite_guard(self.state.step, self.out, self.config.train.lr):  # diverged weights / logits
+                metrics = self.step()
         except RewardFailure as err:
             self._reward_failed(err, boundary)
             return None

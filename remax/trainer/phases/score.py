@@ -25,7 +25,8 @@ def score(rows: list[dict[str, Any]], rollout: Rollout, *, reward_fn: Callable[.
     prompts = [rows[i][prompt_column] for i in order]
     extra = {k: [rows[i].get(k) for i in order] for k in rows[0] if k != prompt_column}
     responses = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
-    scores = call_reward(reward_fn, prompts, responses, extra, step=step, timeout_s=timeout_s).to(device)
+    scores = call_reward(reward_fn, prompts, responses, extra, step=step, timeout_s=timeout_s,
+                         greedy=b if rollout.has_greedy else 0).to(device)  # a wrong count says sampled + greedy
     return scores[: b * n], (scores[b * n :] if rollout.has_greedy else None)
 
 

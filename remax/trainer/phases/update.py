@@ -29,6 +29,7 @@ from remax.algos.variants import apply_truncated_is
 from remax.config import Config
 from remax.models import response_logprobs
 from remax.rollout.types import add_logprob_mismatch, logprob_mismatch_metrics
+from remax.trainer.guards import check_finite_weights
 from remax.trainer.phases.prepare import Batch, Recipe, token_advantages, values
 
 
@@ -37,7 +38,7 @@ def update(batch: Batch, *, step: int, config: Config, recipe: Recipe, trained: 
     """Epochs x minibatches of optimizer steps (1 x 1 for on-policy algorithms) on `batch`,
     the update of step `step` (0-based, seeds the minibatch shuffle). `trained`: name ->
     the module that runs the training forward (the model or its DDP / FSDP wrapper)."""
-    return _Update(config, recipe, trained, optimizers, dist).run(batch, step)
+    return _Update(config, recipe, trained, optimizers, dist, step).run(batch)
 
 
 @dataclass
@@ -47,11 +48,12 @@ class _Update:
     trained: dict[str, Any]
     optimizers: dict[str, Any]
     dist: Any
+    step: int  # 0-based: seeds the minibatch shuffle; step + 1 names the step in a non-finite error
 
-    def run(self, batch: Batch, step: int) -> dict[str, float]:
+    def run(self, batch: Batch) -> dict[str, float]:
         epochs, n_mb = self.recipe.passes(self.config.loss)
         n_rows = len(batch.rewards)
-        gen = torch.Generator().manual_seed(self.config.train.seed * 100_003 + step)
+        gen = torch.Generator().manual_seed(self.config.train.seed * 100_003 + self.step)
         acc: dict[str, float] = {}
         for epoch in range(epochs):
             order = torch.randperm(n_rows, generator=gen) if n_mb > 1 else torch.arange(n_rows)
@@ -146,6 +148,7 @@ class _Update:
         for opt in self.optimizers.values():
             precision.step(opt)
         precision.update()
+        check_finite_weights(self.optimizers, self.step + 1)  # remax/trainer/guards.py
 
 
 __all__ = ["update"]
