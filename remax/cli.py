@@ -202,8 +202,11 @@ def cmd_train(args: Sequence[str]) -> int:
                "-m", "remax", "train", *args]
         return subprocess.call(cmd)
     from remax.trainer import Trainer
+    from remax.trainer.lock import check_unlocked
 
     config = parse_train_args(args)
+    if not os.environ.get("WORLD_SIZE"):
+        check_unlocked(Path(config.output_dir))  # a run in progress there: refused before models load
     trainer = Trainer(config)
     history = trainer.train()
     last = history[-1]
