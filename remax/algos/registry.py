@@ -70,7 +70,9 @@ from .variants import (
     varied_groups,
 )
 
-AdvantageFn = Callable[[torch.Tensor, Optional[torch.Tensor], int], torch.Tensor]
+# (rewards (B*n,), greedy rewards (B,) or None, n[, reduce=...]) -> (B*n,); with the spec's
+# `batch_advantage`, the hook also takes `reduce` (see Algorithm.batch_advantage).
+AdvantageFn = Callable[..., torch.Tensor]
 # (token advantages (N, T), mask (N, T), whiten) -> (N, T); `whiten(values, mask)` is the
 # trainer's batch whitening (global over ranks when training on several)
 TokenHook = Callable[[torch.Tensor, torch.Tensor, Callable[..., torch.Tensor]], torch.Tensor]
@@ -117,6 +119,10 @@ class Algorithm:
     """((B*n,) rewards, n) -> (B,) bool, the groups to train on; the batch is refilled."""
     overlong_buffer: float = 0.0
     """Share of max_new_tokens over which DAPO's overlong penalty ramps to -1; 0: off."""
+    batch_advantage: bool = False
+    """The advantage hook takes a statistic of the whole batch (not only of a prompt's group)
+    and accepts the keyword `reduce`, a sum over every rank holding a part of the batch, to
+    take it globally (REINFORCE++-baseline's batch std). Groups never cross ranks."""
 
     def __post_init__(self) -> None:
         # catch a mistyped spec when it is registered, not mid-training
@@ -138,6 +144,16 @@ class Algorithm:
             )
         if not 0.0 <= self.overlong_buffer <= 1.0:
             raise ValueError(f"{self.name}: overlong_buffer must be in [0, 1], got {self.overlong_buffer}")
+
+    def advantages(self, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor], n: int,
+                   reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """(B*n,) advantages of this rank's rows: `advantage`, handed `reduce` (a sum over
+        ranks, for a batch statistic) when the spec says it takes one (`batch_advantage`)."""
+        if self.advantage is None:
+            raise ValueError(f"{self.name} has no advantage function (its advantages come from a critic)")
+        if reduce is not None and self.batch_advantage:
+            return self.advantage(rewards, greedy_rewards, n, reduce=reduce)
+        return self.advantage(rewards, greedy_rewards, n)
 
     @property
     def on_policy(self) -> bool:
@@ -213,8 +229,9 @@ def _dr_grpo_advantage(rewards, greedy_rewards, n):
     return group_mean_advantages(rewards, n)
 
 
-def _reinforce_pp_baseline_advantage(rewards, greedy_rewards, n):
-    return reinforce_pp_baseline_advantages(rewards, n)
+def _reinforce_pp_baseline_advantage(rewards, greedy_rewards, n, reduce=None):
+    # the std is the whole (global) batch's: `reduce` sums over ranks
+    return reinforce_pp_baseline_advantages(rewards, n, reduce=reduce)
 
 
 register_algorithm(Algorithm(
@@ -264,6 +281,7 @@ register_algorithm(Algorithm(
     name="reinforce_pp_baseline", baseline="group_mean_batch_std", min_samples=2, max_samples=None,
     needs_greedy=False, needs_critic=False, loss="ppo_clip",
     default_kl_placement="loss", default_kl_estimator="k2", advantage=_reinforce_pp_baseline_advantage,
+    batch_advantage=True,
     description="group mean subtracted, batch std divided, PPO clip, k2 KL loss",
     paper="Hu et al. 2025, arXiv 2501.03262",
 ))

@@ -33,7 +33,7 @@ tensors are (N, T) with a response mask that is 1 on a prefix of each row.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -48,12 +48,34 @@ def group_mean_advantages(rewards: torch.Tensor, n: int) -> torch.Tensor:
     return (grouped - grouped.mean(-1, keepdim=True)).reshape(-1)
 
 
-def reinforce_pp_baseline_advantages(rewards: torch.Tensor, n: int, eps: float = 1e-6) -> torch.Tensor:
+def reinforce_pp_baseline_advantages(rewards: torch.Tensor, n: int, eps: float = 1e-6,
+                                     reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """REINFORCE++-baseline: (B*n,) -> (B*n,) (r - group mean) / (std over the batch of
-    those differences + eps), unbiased std. All-equal rewards give zeros."""
+    those differences + eps), unbiased std. All-equal rewards give zeros.
+
+    `reduce` sums a tensor over every rank holding a part of the batch (the trainer's
+    `dist.all_reduce_sum`); None: this tensor is the whole batch. The std is then the
+    global batch's, from all-reduced count, sum and sum of squares (float64)."""
     centred = group_mean_advantages(rewards, n)  # (B*n,)
-    std = centred.std() if centred.numel() > 1 else centred.new_zeros(())
+    std = batch_std(centred, reduce)
     return centred / (std + eps)
+
+
+def batch_std(values: torch.Tensor, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """Unbiased std of every entry of `values` over the whole batch: with `reduce` (a sum
+    over ranks) the count, sum and sum of squared deviations are all-reduced, so W ranks
+    holding parts of a batch get the std one process holding all of it gets. Fewer than
+    2 entries in all: 0."""
+    if reduce is None:
+        return values.std() if values.numel() > 1 else values.new_zeros(())
+    x = values.detach().double().flatten()
+    s = reduce(torch.stack([x.new_tensor(float(x.numel())), x.sum()]))
+    count = float(s[0])
+    if count < 2:
+        return values.new_zeros(())
+    mean = s[1] / count
+    sq = reduce(((x - mean) ** 2).sum().reshape(1))[0]
+    return torch.sqrt(sq / (count - 1)).to(values.dtype)
 
 
 # --------------------------------------------------------- DAPO helpers

@@ -42,6 +42,7 @@ class Filled:
     rewards: torch.Tensor  # (k*n,) shaped
     greedy_rewards: Optional[torch.Tensor]  # (k,) shaped
     stats: dict[str, float] = field(default_factory=dict)
+    valid: Optional[torch.Tensor] = None  # (k*n,) bool: False on zero-weight padding rows; None: all real
 
 
 def shape_rewards(rollout: Rollout, rewards: torch.Tensor, greedy: Optional[torch.Tensor],
@@ -65,17 +66,43 @@ def fill_batch(
     max_extra: int,
     shape: Callable[[Rollout, torch.Tensor, Optional[torch.Tensor]], tuple[torch.Tensor, Optional[torch.Tensor]]],
     pad_token_id: int = 0,
-    decide: Callable[[bool], bool] = lambda flag: flag,
+    gather_counts: Callable[[int], list[int]] = lambda k: [k],
+    rank: int = 0,
     mask_truncated_eos: Optional[int] = None,
 ) -> Filled:
-    """The batch to train on. `first`: this step's scored rollout; `draw(k)`: the k-th
-    extra prompt batch (k = 1, 2, ...), rolled out and scored; `shape(rollout, rewards, greedy)`: reward
-    shaping; `decide(flag)`: the decision to draw again, taken alike on every rank;
-    `mask_truncated_eos`: the EOS id, to mask responses that never reach it (None: off)."""
-    filled = _fill(first, draw, group_filter, max_extra, shape, pad_token_id, decide)
+    """The batch to train on. `first`: this rank's share of this step's scored rollout;
+    `draw(k)`: this rank's share of the k-th extra prompt batch (k = 1, 2, ...), rolled out
+    and scored; `shape(rollout, rewards, greedy)`: reward shaping; `gather_counts(k)`: every
+    rank's k, in rank order (the trainer's `dist.gather_counts`; one process: [k]), `rank`
+    this rank's index; `mask_truncated_eos`: the EOS id, to mask responses that never reach
+    it (None: off).
+
+    Several ranks (rank r holds block r of each global draw) take the decisions of one
+    process holding the whole batch: the kept-group counts of each draw are gathered, the
+    first B kept groups in global draw order (block 0's, then block 1's, ...) are trained
+    on, and the decision to draw again is taken on the global count, alike everywhere.
+    The ranks then hold different numbers of kept groups; each is padded with whole groups
+    of zero-weight rows (response mask 0, `Filled.valid` False) to the largest count, so
+    every rank runs the same number of micro-batch backwards and minibatch steps, and
+    the padding changes no loss, no normaliser and no gradient."""
+    filled, local, counts = _fill(first, draw, group_filter, max_extra, shape, pad_token_id, gather_counts, rank)
     if mask_truncated_eos is not None:
         filled.samples, filled.stats["rollout/truncated_masked"] = mask_truncated(filled.samples, mask_truncated_eos)
+    if counts is not None and max(counts) > local:
+        filled = _pad_groups(filled, first, shape, max(counts) - local, pad_token_id)
     return filled
+
+
+def real_rows(filled: Filled, seq_adv: Optional[torch.Tensor] = None):
+    """(samples, rewards, greedy rewards, seq_adv) of `filled` without its zero-weight
+    padding rows (whole groups at the end), for the step's metrics; a rank whose rows are
+    all padding reports them as they are."""
+    if filled.valid is None or not bool(filled.valid.any()):
+        return filled.samples, filled.rewards, filled.greedy_rewards, seq_adv
+    n = filled.samples.n
+    k = int(filled.valid.sum()) // n
+    f = _take_groups(filled.samples, filled.rewards, filled.greedy_rewards, torch.arange(k))
+    return f.samples, f.rewards, f.greedy_rewards, None if seq_adv is None else seq_adv[: k * n]
 
 
 def mask_truncated(samples: Rollout, eos_token_id: int) -> tuple[Rollout, float]:
@@ -86,32 +113,67 @@ def mask_truncated(samples: Rollout, eos_token_id: int) -> tuple[Rollout, float]
     return samples, float((~ended).sum())
 
 
-def _fill(first, draw, group_filter, max_extra, shape, pad_token_id, decide) -> Filled:
+def _fill(first, draw, group_filter, max_extra, shape, pad_token_id, gather_counts, rank):
+    """-> (this rank's Filled, its kept-group count, every rank's kept-group count or None
+    when no padding can be needed)."""
     rollout, rewards, greedy = first
     if group_filter is None:
         rewards, greedy = shape(rollout, rewards, greedy)
-        return Filled(rollout.sampled(), rewards, greedy)
-    n, wanted = rollout.n, rollout.num_prompts
+        return Filled(rollout.sampled(), rewards, greedy), rollout.num_prompts, None
+    n, local_wanted = rollout.n, rollout.num_prompts
     kept: list[Filled] = []
-    count = dropped = extra = 0
+    world = len(gather_counts(0))
+    wanted = local_wanted * world  # B, the global batch's groups
+    taken = [0] * world  # kept groups each rank trains on
+    dropped = extra = 0
     while True:
-        keep = group_filter(rewards, n).to(torch.bool)  # (B,) on the raw reward
+        keep = group_filter(rewards, n).to(torch.bool)  # (B/W,) on the raw reward
         shaped, shaped_greedy = shape(rollout, rewards, greedy)
-        groups = keep.nonzero().flatten()[: wanted - count]
-        kept.append(_take_groups(rollout, shaped, shaped_greedy, groups))
-        count += len(groups)
-        dropped += int((~keep).sum())
-        if not decide(count < wanted and extra < max_extra):
+        ks = gather_counts(int(keep.sum()))  # every rank's kept groups in this draw
+        need = wanted - sum(taken)
+        for r, k in enumerate(ks):  # the first `need` kept groups of the global draw order
+            t = min(k, need)
+            if r == rank:
+                kept.append(_take_groups(rollout, shaped, shaped_greedy, keep.nonzero().flatten()[:t]))
+            taken[r] += t
+            need -= t
+        dropped += world * local_wanted - sum(ks)
+        if not (sum(taken) < wanted and extra < max_extra):  # the same global counts on every rank
             break
         extra += 1
         rollout, rewards, greedy = draw(extra)
+    count = sum(taken)
     stats = {"rollout/groups_kept": float(count), "rollout/groups_dropped": float(dropped),
              "rollout/refill_batches": float(extra), "rollout/prompts_drawn": float((extra + 1) * wanted)}
-    if count == 0:  # nothing varied: train on the first draw as it was
+    if count == 0:  # nothing varied anywhere: train on the first draw as it was
         r0, rw0, g0 = first
         rw0, g0 = shape(r0, rw0, g0)
-        return Filled(r0.sampled(), rw0, g0, stats)
-    return _concat([k for k in kept if len(k.rewards)], stats, pad_token_id)
+        return Filled(r0.sampled(), rw0, g0, stats), local_wanted, None
+    parts = [k for k in kept if len(k.rewards)]
+    if not parts:  # this rank kept nothing: all of its rows are padding (added by fill_batch)
+        return _empty(first, stats), 0, taken
+    return _concat(parts, stats, pad_token_id), taken[rank], taken
+
+
+def _empty(first: Scored, stats: dict[str, float]) -> Filled:
+    rollout, rewards, greedy = first
+    f = _take_groups(rollout, rewards, greedy, torch.zeros(0, dtype=torch.long))
+    return Filled(f.samples, f.rewards, f.greedy_rewards, stats)
+
+
+def _pad_groups(filled: Filled, first: Scored, shape, groups: int, pad_id: int) -> Filled:
+    """`filled` + `groups` zero-weight groups (copies of the first draw's first group with
+    response mask 0 and valid False): the same row count as the ranks that kept more."""
+    rollout, rewards, greedy = first
+    shaped, shaped_greedy = shape(rollout, rewards, greedy)
+    pad = _take_groups(rollout, shaped, shaped_greedy, torch.zeros(groups, dtype=torch.long))
+    pad.samples = dataclasses.replace(pad.samples, response_mask=torch.zeros_like(pad.samples.response_mask))
+    real = len(filled.rewards)
+    valid = torch.cat([torch.ones(real, dtype=torch.bool), torch.zeros(len(pad.rewards), dtype=torch.bool)])
+    parts = [p for p in (Filled(filled.samples, filled.rewards, filled.greedy_rewards), pad) if len(p.rewards)]
+    out = _concat(parts, filled.stats, pad_id)
+    out.valid = valid.to(out.rewards.device)
+    return out
 
 
 def _take_groups(rollout: Rollout, rewards: torch.Tensor, greedy: Optional[torch.Tensor],

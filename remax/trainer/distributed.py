@@ -168,6 +168,16 @@ class Dist:
         """Rank 0's `flag`, on every rank (a decision all ranks must take alike)."""
         return flag
 
+    def gather_counts(self, count: int) -> list[int]:
+        """Every rank's `count`, in rank order, on every rank (the statistics a decision
+        on rows or steps is taken from, alike everywhere)."""
+        return [int(count)]
+
+    def first_failure(self, message: Optional[str]) -> Optional[str]:
+        """None when no rank failed (`message` None everywhere), else the lowest failing
+        rank's message, on every rank: a failure on one rank is every rank's decision."""
+        return message
+
     def barrier(self) -> None:
         pass
 
@@ -300,6 +310,20 @@ class AccelerateDist(Dist):
     def from_main(self, flag: bool) -> bool:
         mine = torch.tensor([float(flag) if self.is_main else 0.0])
         return bool(self.all_reduce_sum(mine).item())
+
+    def gather_counts(self, count: int) -> list[int]:
+        onehot = torch.zeros(self.world, dtype=torch.float64)
+        onehot[self.rank] = float(count)
+        return [int(v) for v in self.all_reduce_sum(onehot).tolist()]
+
+    def first_failure(self, message: Optional[str]) -> Optional[str]:
+        failed = self.gather_counts(int(message is not None))
+        if not any(failed):
+            return None  # the common case: one small all-reduce
+        messages: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(messages, message)
+        r = failed.index(1)
+        return messages[r] if r == self.rank or self.world == 1 else f"on rank {r}: {messages[r]}"
 
     def barrier(self) -> None:
         self.acc.wait_for_everyone()

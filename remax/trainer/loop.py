@@ -52,7 +52,7 @@ from remax.rewards import reward_from_config, source_metrics
 from remax.rollout import Rollout
 from remax.rollout.backend import build_backend
 from remax.rollout.types import EngineOutOfSync
-from remax.trainer.batch_fill import Filled, fill_batch, shape_rewards
+from remax.trainer.batch_fill import Filled, fill_batch, real_rows, shape_rewards
 from remax.trainer.checkpoint import RunState
 from remax.trainer.distributed import make_dist
 from remax.trainer.guards import RewardFailure, SignalGuard, nonfinite_guard, prepare_reward
@@ -258,7 +258,7 @@ class Trainer:
             filled = self.fill(rollout, rewards, greedy_rewards)
         self.samples = self._samples(rows, rollout, rewards, greedy_rewards)
         with sw("prepare"):
-            batch = self.prepare(filled.samples, filled.rewards, filled.greedy_rewards)
+            batch = self.prepare(filled.samples, filled.rewards, filled.greedy_rewards, valid=filled.valid)
         lr = self.schedulers["policy"].get_last_lr()[0]  # the rate this step's update uses
         with sw("update"):
             stats = self.update(batch)
@@ -270,8 +270,8 @@ class Trainer:
                 s.step()
         step_s = time.perf_counter() - start
         metrics = {"step": self.state.step}
-        metrics.update(rollout_metrics(filled.samples, filled.rewards, filled.greedy_rewards, batch.seq_adv,
-                                       self.eos_token_id))
+        real = real_rows(filled, batch.seq_adv)  # without the zero-weight padding rows
+        metrics.update(rollout_metrics(*real, self.eos_token_id))
         metrics.update(filled.stats)
         metrics.update(source_metrics(self.reward_fn, len(rewards)))  # reward/NAME of a mix's sources
         metrics.update(synced)
@@ -293,10 +293,20 @@ class Trainer:
                         greedy=self.spec.needs_greedy, device=self.device)
 
     def score(self, rows: list[dict[str, Any]], rollout: Rollout) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Sampled and greedy responses in ONE reward call, so both take the same reward path."""
-        return score(rows, rollout, reward_fn=self.reward_fn, tokenizer=self.tokenizer,
-                     prompt_column=self.config.data.prompt_column, step=self.state.step + 1,
-                     timeout_s=self.config.reward.timeout_s, device=self.device)
+        """Sampled and greedy responses in ONE reward call, so both take the same reward path.
+        A failure on any rank raises RewardFailure on every rank (one all-reduced flag), so
+        all ranks skip the batch, or all stop, together."""
+        failure, scores = None, None
+        try:
+            scores = score(rows, rollout, reward_fn=self.reward_fn, tokenizer=self.tokenizer,
+                           prompt_column=self.config.data.prompt_column, step=self.state.step + 1,
+                           timeout_s=self.config.reward.timeout_s, device=self.device)
+        except RewardFailure as err:
+            failure = str(err)
+        failure = self.dist.first_failure(failure)
+        if failure is not None:
+            raise RewardFailure(failure)
+        return scores
 
     def fill(self, rollout: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor]) -> Filled:
         """The sampled rows to train on (remax.trainer.batch_fill): with a spec's group filter,
@@ -312,13 +322,15 @@ class Trainer:
 
         return fill_batch((rollout, rewards, greedy_rewards), draw, group_filter=self.spec.group_filter,
                           max_extra=c.loss.refill_max_batches, pad_token_id=self.tokenizer.pad_token_id,
-                          shape=lambda r, rw, g: shape_rewards(r, rw, g, max_len, buffer), decide=self.dist.from_main,
+                          shape=lambda r, rw, g: shape_rewards(r, rw, g, max_len, buffer),
+                          gather_counts=self.dist.gather_counts, rank=self.dist.rank,
                           mask_truncated_eos=self.eos_token_id if c.loss.mask_truncated else None)
 
-    def prepare(self, samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor]) -> Batch:
+    def prepare(self, samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor],
+                valid: Optional[torch.Tensor] = None) -> Batch:
         """Reference log-probs and advantages; old log-probs / values only where the update needs them."""
         return prepare(samples, rewards, greedy_rewards, config=self.config, recipe=self.recipe,
-                       reference=self.reference, policy=self.policy, critic=self.critic, dist=self.dist)
+                       reference=self.reference, policy=self.policy, critic=self.critic, dist=self.dist, valid=valid)
 
     def token_advantages(self, seq_adv, logprobs, ref_logprobs, mask) -> torch.Tensor:
         """(N,) sequence advantages -> (N, R) per-token returns with the KL placement chosen."""

@@ -109,12 +109,85 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    placement, _ = resolve_kl(c, spec)
+    placement, estimator = resolve_kl(c, spec)
     resolve_loss(c, spec)  # an unknown loss.policy_loss: one line, now
     check_output_dir(c.output_dir)
     check_dtype(c)
     if placement == "reward_to_go" and c.loss.gamma != 1.0:
         raise ConfigError("kl_placement reward_to_go has no discount; pass --loss.gamma 1.0 or --loss.kl_placement token")
+    if placement == "loss" and estimator == "k1" and L.kl_coef > 0:
+        raise ConfigError("--loss.kl_estimator k1 as a KL loss term (kl_placement loss) has expected gradient 0: "
+                          "it adds noise, not a KL penalty; use --loss.kl_estimator k2 (the gradient of KL) or k3, "
+                          "or --loss.kl_placement token")
+    from remax.trainer.distributed import launched_world
+
+    world = launched_world()
+    if world > 1 and t.batch_size % world == 0 and L.num_minibatches > t.batch_size // world * r.n_samples:
+        raise ConfigError(f"--loss.num_minibatches {L.num_minibatches} exceeds the rows each of the {world} "
+                          f"processes holds per step ({t.batch_size // world * r.n_samples}); lower it")
+    ignored = ignored_options(c, spec)
+    if ignored:
+        key, value, why = ignored[0]
+        raise ConfigError(f"--{key} {value} does nothing with --algo {spec.name}: {why}; remove it "
+                          f"(or set it back to {_default(key)!r})")
+
+
+def _default(key: str) -> Any:
+    value: Any = Config()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _value(config: Config, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def option_uses(config: Config, spec: Any) -> dict[str, tuple[bool, str]]:
+    """option -> (whether the trainer reads it for this spec and config, why not). Derived
+    from the spec and the resolved recipe: a critic, a policy loss with an importance
+    ratio, the KL placement, a group filter. Options not listed are always read."""
+    placement, _ = resolve_kl(config, spec)
+    loss, _ = resolve_loss(config, spec)
+    critic, ratio = spec.needs_critic, loss.uses_ratio
+    name = spec.loss if config.loss.policy_loss == "auto" else config.loss.policy_loss
+    no_critic = f"{spec.name} has no critic (only a critic's value model reads it)"
+    on_policy = f"the policy loss {name} has no importance ratio, so there is one on-policy update per rollout"
+    return {
+        "loss.lam": (critic, no_critic),
+        "loss.value_clip_eps": (critic, no_critic),
+        "loss.vf_coef": (critic, no_critic),
+        "loss.whiten_advantages": (critic, no_critic),
+        "train.critic_lr": (critic, no_critic),
+        "model.critic": (critic, no_critic),
+        "loss.advantage_clip": (not critic, "ppo's advantages come from GAE on the critic, not from a reward "
+                                "difference to clip"),
+        "loss.epochs": (ratio, on_policy),
+        "loss.num_minibatches": (ratio, on_policy),
+        "loss.clip_eps": (ratio, on_policy),
+        "loss.clip_eps_high": (ratio, on_policy),
+        "loss.kl_coef": (placement != "none", "the KL placement is none (no KL term); set --loss.kl_placement "
+                         "token, reward_to_go or loss to use a KL"),
+        "loss.kl_estimator": (placement != "none", "the KL placement is none (no KL term)"),
+        "loss.refill_max_batches": (spec.group_filter is not None, f"{spec.name} has no group filter, so the "
+                                    "batch is never refilled (only dapo's dynamic sampling reads it)"),
+        "loss.agg": (name != "gspo" or placement == "loss",
+                     "the gspo loss is a mean over sequences whatever the aggregation, and there is no KL loss term"),
+    }
+
+
+def ignored_options(config: Config, spec: Any) -> list[tuple[str, Any, str]]:
+    """(option, its value, why) for every option set away from its default that the
+    trainer ignores with this spec and config (`option_uses`)."""
+    out = []
+    for key, (used, why) in option_uses(config, spec).items():
+        value = _value(config, key)
+        if not used and value != _default(key):
+            out.append((key, value, why))
+    return out
 
 
 def check_output_dir(output_dir: str) -> None:

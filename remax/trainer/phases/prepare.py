@@ -34,6 +34,11 @@ class Batch:
     old_values: Optional[torch.Tensor] = None  # (N, R) critic
     token_adv: Optional[torch.Tensor] = None  # (N, R) precomputed (PPO's GAE); else built per micro-batch
     returns: Optional[torch.Tensor] = None  # (N, R) critic targets
+    valid: Optional[torch.Tensor] = None  # (N,) bool, False on zero-weight padding rows (batch_fill); None: all real
+
+    def seq_count(self, rows: torch.Tensor) -> int:
+        """How many of `rows` are real sequences (padding rows count for no sequence mean)."""
+        return len(rows) if self.valid is None else int(self.valid[rows].sum())
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,15 @@ class Recipe:
 
 
 def prepare(samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor], *, config: Config,
-            recipe: Recipe, reference: Any, policy: Any, critic: Any, dist: Any) -> Batch:
-    """Reference log-probs and advantages; old log-probs / values only where the update needs them."""
+            recipe: Recipe, reference: Any, policy: Any, critic: Any, dist: Any,
+            valid: Optional[torch.Tensor] = None) -> Batch:
+    """Reference log-probs and advantages; old log-probs / values only where the update needs them.
+    `valid`: (N,) False on zero-weight padding rows (their response mask is 0)."""
     logprobs = _LogProbs(config, dist)
-    batch = Batch(samples, rewards, ref_logprobs=logprobs(reference, samples))
+    batch = Batch(samples, rewards, ref_logprobs=logprobs(reference, samples), valid=valid)
     spec = recipe.spec
     if spec.advantage is not None:
-        batch.seq_adv = spec.advantage(rewards, greedy_rewards, samples.n)  # (N,)
+        batch.seq_adv = spec.advantages(rewards, greedy_rewards, samples.n, reduce=dist.all_reduce_sum)  # (N,), batch statistics global
     if recipe.single_pass(config.loss, critic is not None):
         return batch  # old log-probs = the update's own forward, detached
     batch.old_logprobs = logprobs(policy, samples)

@@ -57,25 +57,25 @@ class _Update:
         acc: dict[str, float] = {}
         for epoch in range(epochs):
             order = torch.randperm(n_rows, generator=gen) if n_mb > 1 else torch.arange(n_rows)
-            for rows in order.chunk(n_mb):
+            for rows in minibatches(order, n_mb):
                 self._optimizer_step(batch, rows, acc, first_pass=epoch == 0)
-        n_steps = epochs * n_mb
+        n_steps = acc["_opt_steps"]  # the steps taken (epochs x minibatches, fewer only when rows < minibatches)
         stats = {k: v / n_steps for k, v in acc.items() if not k.startswith("_")}
-        stats["train/skipped_updates"] = acc.get("_skipped", 0) / acc["_opt_steps"]  # share of this step's updates
+        stats["train/skipped_updates"] = acc.get("_skipped", 0) / n_steps  # share of this step's updates
         # of which fp16 loss-scaler overflows (the scale coming down), which do not extend the NaN / inf streak
-        stats["train/nonfinite_updates"] = (acc.get("_skipped", 0) - acc.get("_scaler_skips", 0)) / acc["_opt_steps"]
+        stats["train/nonfinite_updates"] = (acc.get("_skipped", 0) - acc.get("_scaler_skips", 0)) / n_steps
         if self.dist.precision.scaler is not None:
             stats["train/scaler_skips"] = float(acc.get("_scaler_skips", 0))  # optimizer steps skipped in this step
             stats["train/loss_scale"] = float(self.dist.precision.scaler.get_scale())
         stats["kl/mean"] = acc["_kl_sum"] / max(acc["_tokens"], 1.0)
-        stats["kl/seq_mean"] = acc["_kl_sum"] / n_rows
+        stats["kl/seq_mean"] = acc["_kl_sum"] / max(batch.seq_count(torch.arange(n_rows)), 1)
         stats.update(logprob_mismatch_metrics(acc))  # engine vs trainer on the sampled tokens
         return stats
 
     def _optimizer_step(self, batch: Batch, rows: torch.Tensor, acc: dict[str, float], first_pass: bool) -> None:
         """Accumulate gradients over micro-batches of `rows`, then one optimizer step."""
         # global counts (all-reduced over ranks, divided by the world size that DDP averages over)
-        norm = self.dist.loss_normalisers(batch.rollout.response_mask[rows].sum(), len(rows))
+        norm = self.dist.loss_normalisers(batch.rollout.response_mask[rows].sum(), batch.seq_count(rows))
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         finite = True
@@ -114,7 +114,7 @@ class _Update:
             vl = value_loss(values(critic, sub), batch.old_values[micro], batch.returns[micro], mask, L.value_clip_eps,
                             num_tokens=norm["num_tokens"])
             losses["loss/value"] = L.vf_coef * vl
-        share = len(micro) / norm["num_seqs"]  # this micro-batch's part of a minibatch mean
+        share = batch.seq_count(micro) / max(norm["num_seqs"], 1e-12)  # this micro-batch's part of a minibatch mean
         if r.policy_loss.clip_fraction is not None:
             tis["ppo/clip_frac"] = float(r.policy_loss.clip_fraction(logp.detach(), old, adv, mask, p))
         for k, v in tis.items():
@@ -151,4 +151,13 @@ class _Update:
         check_finite_weights(self.optimizers, self.step + 1)  # remax/trainer/guards.py
 
 
-__all__ = ["update"]
+def minibatches(order: torch.Tensor, n_mb: int) -> list[torch.Tensor]:
+    """`order` (the rows, shuffled) in `n_mb` minibatches of sizes that differ by at most
+    one row, so that n_mb optimizer steps are taken whenever there are >= n_mb rows
+    (`Tensor.chunk` gives fewer: 6 rows in 4 chunks are 3 chunks of 2). Empty ones
+    (fewer rows than minibatches) are left out; every rank has the same row count, so
+    every rank leaves out the same ones."""
+    return [rows for rows in order.tensor_split(n_mb) if len(rows)]
+
+
+__all__ = ["minibatches", "update"]
