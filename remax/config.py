@@ -214,7 +214,7 @@ class TrainConfig:
     warmup_steps: int = 0
     """Linear warmup steps."""
     seed: int = 0
-    """Seeds torch, python and the prompt order."""
+    """Seeds torch, python's random, numpy and the prompt order."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in backward instead of keeping them: the same gradients, far less activation memory, about a third more update compute."""
     max_nonfinite_steps: int = 3

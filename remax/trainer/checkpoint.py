@@ -54,6 +54,14 @@ class RunState:
 
 
 # ------------------------------------------------------------------ RNG
+def seed_everything(seed: int) -> None:
+    """Seed python's `random`, numpy's global RNG and torch (CPU and every CUDA device)
+    with `train.seed`, as documented: a reward or user code drawing from them is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng() -> dict[str, Any]:
     """Every RNG a step can draw from: python, numpy, torch CPU and every CUDA device.
     (The update's minibatch order uses its own generator seeded from (seed, step).)"""

@@ -53,7 +53,7 @@ from remax.rollout import Rollout
 from remax.rollout.backend import build_backend
 from remax.rollout.types import EngineOutOfSync
 from remax.trainer.batch_fill import Filled, fill_batch, real_rows, shape_rewards
-from remax.trainer.checkpoint import RunState
+from remax.trainer.checkpoint import RunState, seed_everything
 from remax.trainer.distributed import make_dist
 from remax.trainer.guards import RewardFailure, SignalGuard, nonfinite_guard, prepare_reward
 from remax.trainer.lock import run_lock
@@ -96,7 +96,7 @@ class Trainer:
         kl_placement, kl_estimator = resolve_kl(config, self.spec)
         policy_loss, loss_params = resolve_loss(config, self.spec)  # a PolicyLoss and its scalars
         self.recipe = Recipe(self.spec, policy_loss, loss_params, kl_placement, kl_estimator)  # what the phases run
-        torch.manual_seed(config.train.seed)
+        seed_everything(config.train.seed)  # python's random, numpy and torch
         self.dist = make_dist(config)  # one process: a no-op; several (accelerate launch): DDP / FSDP / DeepSpeed
         self.device = self.dist.device(resolve_device(config.model.device))  # a missing GPU: one line, now
         # train.mixed_precision: the autocast of every forward and fp16's loss scaler, behind dist's seams

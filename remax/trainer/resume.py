@@ -11,8 +11,12 @@ The rule is that an output directory never mixes two runs:
 
 A resumed run must be the same run: a changed config field that would make the
 continuation a different experiment (model, algorithm, batch layout, seed, loss,
-optimizer) is refused, naming the field; steps, micro-batching, logging and the
-reward's failure handling may change.
+optimizer) is refused, naming the field; micro-batching, logging and the
+reward's failure handling may change, and so may train.steps under a constant lr
+schedule (a cosine or linear schedule's horizon is train.steps: changing it would move
+the lr mid-run, so it is refused). The process count must stay the same
+(`check_same_world`): each rank's rollout RNG stream, prompt shard and minibatch order
+depend on it.
 """
 
 from __future__ import annotations
@@ -82,12 +86,29 @@ def check_same_run(config: Config, checkpoint: Path) -> None:
     if not saved:
         return  # a checkpoint from a library run without a saved config: nothing to compare
     now = _flat(to_dict(config))
+    steps = saved.get("train.steps"), now.get("train.steps")
+    if steps[0] is not None and steps[0] != steps[1] and now.get("train.lr_schedule") != "constant":
+        raise ConfigError(
+            f"cannot resume {checkpoint} with a changed train.steps ({steps[0]} -> {steps[1]}) under "
+            f"--train.lr_schedule {now.get('train.lr_schedule')}: the schedule's horizon is train.steps, so the lr "
+            f"would jump; keep --train.steps {steps[0]}, or start a new run (a constant schedule may change steps)"
+        )
     for key in sorted(set(saved) | set(now)):
         if key.startswith(RESUMABLE_CHANGES) or saved.get(key) == now.get(key):
             continue
         raise ConfigError(
             f"cannot resume {checkpoint} with a changed {key} (checkpoint: {saved.get(key)!r}, now: {now.get(key)!r}); "
             f"set it back, or start a new run in another --output_dir"
+        )
+
+
+def check_same_world(checkpoint: Path, saved_world: int, world: int) -> None:
+    """ConfigError when the run resumes on another process count than it saved with."""
+    if saved_world != world:
+        raise ConfigError(
+            f"cannot resume {checkpoint} on {world} process(es): it was saved by {saved_world}, and each rank's "
+            f"RNG stream, prompt shard and minibatch order depend on the count; launch {saved_world} process(es), "
+            "or start a new run in another --output_dir"
         )
 
 

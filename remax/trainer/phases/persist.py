@@ -31,7 +31,7 @@ from remax.trainer.checkpoint import (
     save_pretrained_dir,
     step_dir,
 )
-from remax.trainer.resume import check_same_run, find_checkpoint, prepare_fresh, prepare_resumed
+from remax.trainer.resume import check_same_run, check_same_world, find_checkpoint, prepare_fresh, prepare_resumed
 
 
 @dataclass
@@ -85,6 +85,8 @@ def start(config: Config, out: Path, parts: Parts, sampler: Any, *, dist: Any, m
     else:
         saved = load_trainer_state(checkpoint)
         check_same_run(config, checkpoint)
+        rng = saved["run_state"].get("rng") or {}
+        check_same_world(checkpoint, len(rng["ranks"]) if "ranks" in rng else 1, dist.world)
         state = restore(checkpoint, saved, parts, sampler, dist=dist)
         dist.main_only(prepare_resumed, out, checkpoint, state.step)
         metrics.reload()
