@@ -125,11 +125,23 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
     if world > 1 and t.batch_size % world == 0 and L.num_minibatches > t.batch_size // world * r.n_samples:
         raise ConfigError(f"--loss.num_minibatches {L.num_minibatches} exceeds the rows each of the {world} "
                           f"processes holds per step ({t.batch_size // world * r.n_samples}); lower it")
-    ignored = ignored_options(c, spec)
-    if ignored:
-        key, value, why = ignored[0]
-        raise ConfigError(f"--{key} {value} does nothing with --algo {spec.name}: {why}; remove it "
-                          f"(or set it back to {_default(key)!r})")
+    for key, value, why in ignored_options(c, spec):
+        line = f"--{key} {value} does nothing with --algo {spec.name}: {why}"
+        if _leftover(spec, key):  # another algorithm's setting left in a shared config: warned, once
+            warnings.warn(f"{line}; it is ignored", stacklevel=2)
+        else:
+            raise ConfigError(f"{line}; remove it (or set it back to {_default(key)!r})")
+
+
+# a critic's options without a critic, a refill limit without a group filter: a shared YAML
+# left them for another algorithm, and nothing could be mistaken for their effect: warned.
+# Every other ignored option is refused (its user expects it to change the run).
+_CRITIC_ONLY = ("loss.lam", "loss.value_clip_eps", "loss.vf_coef", "loss.whiten_advantages", "train.critic_lr",
+                "model.critic")
+
+
+def _leftover(spec: Any, key: str) -> bool:
+    return (key in _CRITIC_ONLY and not spec.needs_critic) or key == "loss.refill_max_batches"
 
 
 def _default(key: str) -> Any:
@@ -153,12 +165,15 @@ def option_uses(config: Config, spec: Any) -> dict[str, tuple[bool, str]]:
     placement, _ = resolve_kl(config, spec)
     loss, _ = resolve_loss(config, spec)
     critic, ratio = spec.needs_critic, loss.uses_ratio
+    epochs, n_mb = (config.loss.epochs, config.loss.num_minibatches) if ratio else (1, 1)
+    reused = epochs * n_mb > 1  # a later pass trains on rows the weights have moved from
     name = spec.loss if config.loss.policy_loss == "auto" else config.loss.policy_loss
     no_critic = f"{spec.name} has no critic (only a critic's value model reads it)"
     on_policy = f"the policy loss {name} has no importance ratio, so there is one on-policy update per rollout"
+    one_pass = ("with one epoch and one minibatch the update's forward is the old one (ratio 1, values equal "
+                "to the old values), so no clip can act; raise --loss.epochs or --loss.num_minibatches")
     return {
         "loss.lam": (critic, no_critic),
-        "loss.value_clip_eps": (critic, no_critic),
         "loss.vf_coef": (critic, no_critic),
         "loss.whiten_advantages": (critic, no_critic),
         "train.critic_lr": (critic, no_critic),
@@ -167,8 +182,9 @@ def option_uses(config: Config, spec: Any) -> dict[str, tuple[bool, str]]:
                                 "difference to clip"),
         "loss.epochs": (ratio, on_policy),
         "loss.num_minibatches": (ratio, on_policy),
-        "loss.clip_eps": (ratio, on_policy),
-        "loss.clip_eps_high": (ratio, on_policy),
+        "loss.clip_eps": (ratio and reused, on_policy if not ratio else one_pass),
+        "loss.clip_eps_high": (ratio and reused, on_policy if not ratio else one_pass),
+        "loss.value_clip_eps": (critic and reused, no_critic if not critic else one_pass),
         "loss.kl_coef": (placement != "none", "the KL placement is none (no KL term); set --loss.kl_placement "
                          "token, reward_to_go or loss to use a KL"),
         "loss.kl_estimator": (placement != "none", "the KL placement is none (no KL term)"),
