@@ -56,8 +56,7 @@ class _Update:
         gen = torch.Generator().manual_seed(self.config.train.seed * 100_003 + self.step)
         acc: dict[str, float] = {}
         for epoch in range(epochs):
-            order = torch.randperm(n_rows, generator=gen) if n_mb > 1 else torch.arange(n_rows)
-            for rows in minibatches(order, n_mb):
+            for rows in minibatches(n_rows, n_mb, gen):
                 self._optimizer_step(batch, rows, acc, first_pass=epoch == 0)
         n_steps = acc["_opt_steps"]  # the steps taken (epochs x minibatches, fewer only when rows < minibatches)
         stats = {k: v / n_steps for k, v in acc.items() if not k.startswith("_")}
@@ -151,12 +150,14 @@ class _Update:
         check_finite_weights(self.optimizers, self.step + 1)  # remax/trainer/guards.py
 
 
-def minibatches(order: torch.Tensor, n_mb: int) -> list[torch.Tensor]:
-    """`order` (the rows, shuffled) in `n_mb` minibatches of sizes that differ by at most
-    one row, so that n_mb optimizer steps are taken whenever there are >= n_mb rows
-    (`Tensor.chunk` gives fewer: 6 rows in 4 chunks are 3 chunks of 2). Empty ones
-    (fewer rows than minibatches) are left out; every rank has the same row count, so
-    every rank leaves out the same ones."""
+def minibatches(n_rows: int, n_mb: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """This rank's rows, shuffled by `generator` (seeded from (seed, step): the same
+    permutation on every rank) when there are several, in `n_mb` minibatches of sizes that
+    differ by at most one row, so that n_mb optimizer steps are taken whenever there are
+    >= n_mb rows (`Tensor.chunk` gives fewer: 6 rows in 4 chunks are 3 chunks of 2).
+    Empty ones (fewer rows than minibatches) are left out; every rank has the same row
+    count, so every rank leaves out the same ones."""
+    order = torch.randperm(n_rows, generator=generator) if n_mb > 1 else torch.arange(n_rows)
     return [rows for rows in order.tensor_split(n_mb) if len(rows)]
 
 

@@ -1,0 +1,97 @@
+"""The invariant matrix: for every registered algorithm (`remax.algos.list_algorithms()`,
+so a new spec is covered without a new test), 2 gloo processes end 2 steps with the
+weights of 1 process on the same global batch, and micro-batching leaves the update
+unchanged. Cases and the one-process reference: `_matrix_worker.py`. One torchrun
+launch trains every case (start-up and imports are paid once), beside the one-process
+run; together about 30-60 s on 2 CPU cores.
+
+Covered on the way: DAPO groups filtered and refilled with ranks keeping different
+numbers of groups (padded with zero-weight rows), PPO and every ratio loss with 2 epochs x
+2 minibatches, REINFORCE++'s and REINFORCE++-baseline's batch statistics, and a reward that
+fails on rank 1 only (skip_batch: both ranks skip, same sampler position; stop: both stop
+with the message, rank 0 saves). Tolerance as test_equivalence.py: float32 round-off,
+magnified by Adam on coordinates with tiny gradients (lr 1e-3 here), stays far under 2e-5.
+The spec x option pairs the trainer ignores: tests/trainer/test_ignored_options.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from remax.algos import list_algorithms
+from .test_equivalence import _env, _max_diff, free_port
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).parent
+ATOL = 2e-5
+ALGOS = list_algorithms()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer):
+    out = tmp_path_factory.mktemp("matrix")
+    tokenizer.save_pretrained(out / "tok")
+    worker = str(HERE / "_matrix_worker.py")
+    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(free_port()), worker, "ranks", str(out / "tok"), str(out)]
+    one = [sys.executable, worker, "reference", str(out / "tok"), str(out)]
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd in (ranks, one)]
+    for p in procs:
+        log, _ = p.communicate(timeout=400)
+        assert p.returncode == 0, log[-3000:]
+    load = lambda name: torch.load(out / name)  # noqa: E731
+    return load("ranks-rank0.pt"), load("ranks-rank1.pt"), load("reference-rank0.pt"), out
+
+
+def _init(tokenizer):
+    from remax.models.tiny import tiny_causal_lm
+
+    return {f"policy.{k}": v for k, v in tiny_causal_lm(tokenizer, seed=0).state_dict().items()}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_two_ranks_end_with_the_weights_of_one_process(runs, tokenizer, algo):
+    rank0, rank1, one, _ = runs
+    diff = _max_diff(rank0[algo]["weights"], one[algo]["weights"])
+    print(f"{algo}: max |2 ranks - 1 process| = {diff:.2e}")
+    assert diff < ATOL
+    torch.testing.assert_close(rank0[algo]["loss"], one[algo]["loss"], rtol=1e-4, atol=1e-6)
+    assert rank0[algo]["sampler"] == rank1[algo]["sampler"] == one[algo]["sampler"]
+    init = _init(tokenizer)
+    assert max((rank0[algo]["weights"][k] - init[k]).abs().max().item() for k in init) > 20 * ATOL  # it trained
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_micro_batching_leaves_the_update_unchanged(runs, algo):
+    _, _, one, _ = runs
+    assert _max_diff(one[algo]["weights"], one[algo]["whole"]) < ATOL  # micro-batches of 3 rows vs one of all
+
+
+def test_dapo_filters_and_refills_alike_on_every_rank(runs):
+    rank0, rank1, one, _ = runs
+    stats = one["dapo"]["stats"]
+    assert any(s["rollout/groups_dropped"] > 0 and s["rollout/refill_batches"] > 0 for s in stats)
+    assert rank0["dapo"]["stats"] == rank1["dapo"]["stats"] == stats  # global counts, one decision
+
+
+def test_a_reward_failing_on_one_rank_is_skipped_by_every_rank(runs):
+    rank0, rank1, one, _ = runs
+    case = "remax-reward-skip"
+    assert rank0[case]["skipped"] == rank1[case]["skipped"] == one[case]["skipped"] >= 1
+    assert rank0[case]["sampler"] == rank1[case]["sampler"] == one[case]["sampler"]
+    assert _max_diff(rank0[case]["weights"], one[case]["weights"]) < ATOL
+
+
+def test_a_reward_failing_on_one_rank_stops_every_rank(runs):
+    rank0, rank1, one, out = runs
+    case = "remax-reward-stop"
+    for r in (rank0, rank1, one):
+        assert "the reward server is down" in r[case]["stopped"] and "\n" not in r[case]["stopped"]
+    assert "on rank 1" in rank0[case]["stopped"]  # the rank that did not fail says where it failed
+    assert (out / f"{case}-ranks" / "checkpoints" / "step-1").is_dir()  # rank 0 saved the last good state
+    assert _max_diff(rank0[case]["weights"], one[case]["weights"]) < ATOL
