@@ -145,3 +145,49 @@ def test_resume_from_an_explicit_checkpoint_drops_what_came_after(setup, referen
     got, want = load_file(out / "final/model.safetensors"), load_file(reference["remax"] / "final/model.safetensors")
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert [m["step"] for m in metrics(out)] == list(range(1, STEPS + 1))
+
+
+# ---------------------------------------------------------------- issue 15, item 11
+def test_resume_refuses_a_changed_steps_under_a_cosine_schedule(tmp_path):
+    from remax.config import Config, ConfigError, save_config
+    from remax.trainer.resume import check_same_run
+
+    saved = Config(output_dir=str(tmp_path))
+    saved.train.lr_schedule, saved.train.steps = "cosine", 100
+    save_config(saved, tmp_path / "config.yaml")
+    now = Config(output_dir=str(tmp_path))
+    now.train.lr_schedule, now.train.steps = "cosine", 150
+    with pytest.raises(ConfigError, match="changed train.steps \\(100 -> 150\\) under --train.lr_schedule cosine"):
+        check_same_run(now, tmp_path)
+    now.train.lr_schedule = saved.train.lr_schedule = "constant"
+    save_config(saved, tmp_path / "config.yaml")
+    check_same_run(now, tmp_path)  # a constant schedule may run longer
+
+
+def test_resume_refuses_another_process_count(tmp_path):
+    from remax.config import ConfigError
+    from remax.trainer.resume import check_same_world
+
+    check_same_world(tmp_path, 2, 2)
+    with pytest.raises(ConfigError, match="on 1 process\\(es\\): it was saved by 2"):
+        check_same_world(tmp_path, 2, 1)
+
+
+def test_train_seed_seeds_python_random_and_numpy(tokenizer, tmp_path):
+    import random
+
+    import numpy as np
+
+    from remax.config import Config
+    from remax.models.tiny import tiny_causal_lm
+    from remax.trainer import Trainer
+
+    c = Config(output_dir=str(tmp_path))
+    c.model.device, c.train.seed, c.train.batch_size, c.rollout.max_new_tokens = "cpu", 7, 2, 4
+    policy = tiny_causal_lm(tokenizer, seed=0)
+    random.seed(1), np.random.seed(1)
+    Trainer(c, policy=policy, tokenizer=tokenizer, reward_fn=lambda p, r: [0.0] * len(r),
+            rows=[{"prompt": "a b"}, {"prompt": "c d"}])
+    drawn = (random.random(), float(np.random.rand()))
+    random.seed(7), np.random.seed(7)
+    assert drawn == (random.random(), float(np.random.rand()))  # the Trainer seeded both with train.seed
