@@ -13,6 +13,11 @@ group at all has varied rewards, the first draw is used as it is (no policy-grad
 signal, as GRPO would have had). Departure: the filter sees the raw reward, before the
 overlong penalty (the paper filters on accuracy).
 
+Several ranks (DDP) decide as one process holding the whole batch would (`fill_batch`):
+every draw's kept-group counts are gathered, the first B kept groups in global draw order
+are trained on, the refill decision is taken on the global count, and a rank that kept
+fewer groups is padded with zero-weight rows, so all ranks run the same backwards.
+
 Overlong shaping (eq. 13): with a buffer of L_cache tokens before max_new_tokens, a
 response longer than max_new_tokens - L_cache gets a penalty ramping linearly to -1
 (`remax.algos.variants.overlong_penalty`), added to the reward of sampled and greedy
