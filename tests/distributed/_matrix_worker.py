@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _worker import WORLD, concat_rollouts  # noqa: E402
+from _worker import SEED_OFFSET, WORLD, concat_rollouts  # noqa: E402
 
 PROMPTS = ["The Lord is", "And God said", "Blessed are the", "Love is", "In the beginning", "O give thanks",
            "He maketh me", "The wicked are"]
@@ -66,6 +66,7 @@ def make_config(case: dict, out: Path):
     from remax.config import Config
 
     c = Config(algo=case["algo"], output_dir=str(out), overwrite=True)
+    c.train.seed = SEED_OFFSET  # tests/conftest.py's REMAX_TEST_SEED_OFFSET
     c.model.device = "cpu"
     c.rollout.max_new_tokens = 5
     c.rollout.n_samples = case["n"]
@@ -143,12 +144,12 @@ def run(case: dict, out: Path, cls, tokenizer, **overrides):
     from remax.models.tiny import tiny_causal_lm
 
     config = make_config({**case, **overrides}, out)
-    trainer = cls(config, policy=tiny_causal_lm(tokenizer, seed=0), tokenizer=tokenizer, reward_fn=reward,
+    trainer = cls(config, policy=tiny_causal_lm(tokenizer, seed=SEED_OFFSET), tokenizer=tokenizer, reward_fn=reward,
                   rows=rows_for(case, config))
     # a reference that differs from the starting policy: at policy == reference the KL and its
     # gradient are pure float round-off, which Adam (dividing by sqrt(v)) would magnify into
     # lr-sized steps on the coordinates that nothing else moves
-    trainer.reference = make_reference(tiny_causal_lm(tokenizer, seed=1))
+    trainer.reference = make_reference(tiny_causal_lm(tokenizer, seed=SEED_OFFSET + 1))
     result: dict = {}
     try:
         history = trainer.train()
