@@ -258,7 +258,7 @@ class Trainer:
             filled = self.fill(rollout, rewards, greedy_rewards)
         self.samples = self._samples(rows, rollout, rewards, greedy_rewards)
         with sw("prepare"):
-            batch = self.prepare(filled.samples, filled.rewards, filled.greedy_rewards, valid=filled.valid)
+            batch = self.prepare(filled.samples, filled.rewards, filled.greedy_rewards, filled.valid)
         lr = self.schedulers["policy"].get_last_lr()[0]  # the rate this step's update uses
         with sw("update"):
             stats = self.update(batch)
