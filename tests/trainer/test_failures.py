@@ -216,14 +216,17 @@ def test_plain_rerun_of_a_stopped_run_is_refused(tmp_path, make_args, capsys):
 
 def test_resume_refuses_a_changed_config_and_allows_more_steps(tmp_path, make_args, capsys, seed_offset):
     out = tmp_path / "run"
-    assert main(["train", *make_args(out, steps=2), "--log.save_every", "1"]) == 0
+    constant = ["--train.lr_schedule", "constant"]  # more steps change a cosine schedule's horizon: refused
+    assert main(["train", *make_args(out, steps=2), *constant, "--log.save_every", "1"]) == 0
     before = (out / "metrics.jsonl").read_text()
     changed = str(seed_offset + 7)
-    assert main(["train", *make_args(out, steps=3), "--resume", "auto", "--train.seed", changed]) == 2
+    assert main(["train", *make_args(out, steps=3), *constant, "--resume", "auto", "--train.seed", changed]) == 2
     line = one_line(capsys)
     assert "changed train.seed" in line and f"(checkpoint: {seed_offset}, now: {changed})" in line
     assert (out / "metrics.jsonl").read_text() == before  # nothing touched
-    assert main(["train", *make_args(out, steps=3), "--resume", "auto", "--log.save_every", "1"]) == 0
+    assert main(["train", *make_args(out, steps=3), "--resume", "auto"]) == 2  # the default cosine schedule
+    assert "changed train.steps (2 -> 3)" in one_line(capsys)
+    assert main(["train", *make_args(out, steps=3), *constant, "--resume", "auto", "--log.save_every", "1"]) == 0
     assert steps_logged(out) == [1, 2, 3]
 
 
