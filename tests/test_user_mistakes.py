@@ -108,11 +108,11 @@ def data_file(tmp: Path, *rows) -> str:
 
 def trained_then_truncated(tmp: Path, assets: Path) -> list[str]:
     """A 1-step run with a checkpoint whose weights are then cut in half; resumed."""
-    argv = run(assets, tmp / "run", "--log.save_every", "1")
-    assert main(argv) == 0
+    constant = ("--log.save_every", "1", "--train.lr_schedule", "constant")  # so more steps may resume
+    assert main(run(assets, tmp / "run", *constant)) == 0
     weights = tmp / "run" / "checkpoints" / "step-1" / "policy" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    return run(assets, tmp / "run", "--log.save_every", "1", "--resume", "auto", "--train.steps", "2")
+    return run(assets, tmp / "run", *constant, "--resume", "auto", "--train.steps", "2")
 
 
 def chat_roles(tmp: Path, assets: Path) -> list[str]:
