@@ -33,19 +33,23 @@ def toy_config(out, steps: int) -> Config:
 @pytest.mark.slow
 @pytest.mark.learning
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
-def test_remax_learns_the_toy_task(backend, engine, toy_tokenizer, tmp_path, record_outcome):
+def test_remax_learns_the_toy_task(backend, engine, toy_tokenizer, tmp_path, record_outcome, monkeypatch):
     # 40 steps: at 20 the gain ranged 0.14 .. 0.85 over seed offsets 0..9 (the slow seeds had not
     # started); lr 1e-2 for 40 steps makes logits far larger than a real model's, and the synced
     # probe's float32 difference grows with them (1.4e-4 at step 25, offset 5): the probe and the
     # mismatch are held to 1e-3 here, still 3x under a push that missed 0.1% of the weights (3e-3)
     cfg = toy_config(tmp_path / backend, steps=40)
     cfg.rollout.backend, cfg.rollout.verify_tol = backend, 1e-3
+    monkeypatch.setattr(engine, "tol", 1e-3)  # the shared engine was built with the default tolerance
     history = Trainer(cfg, policy=toy_model(toy_tokenizer, seed=0), tokenizer=toy_tokenizer, reward_fn=o_share,
                       rows=ROWS, backend=engine if backend == "vllm" else None).train()
     r = [m["rollout/reward_mean"] for m in history]
     first, last = sum(r[:5]) / 5, sum(r[-5:]) / 5
-    record_outcome("gain", last - first, 0.4)
-    assert last > first + 0.4, (first, last, r)  # RANGE_VLLM_GAIN
+    record_outcome("gain", last - first, 0.2)
+    # measured (benchmarks/learning_margins.py, 40 steps, seed offsets 0..9 x OMP_NUM_THREADS 1 and 2):
+    # hf 0.32 .. 0.88 (median 0.81), vllm 0.37 .. 0.88 (median 0.68); at 20 steps with a bound of 0.4,
+    # 4 of 26 runs failed. The bound leaves 1.6x to the smallest
+    assert last > first + 0.2, (first, last, r)
     if backend == "vllm":  # every step pushed, checked, and compared with the update's log-probs
         assert all(m["rollout/engine_probe_diff"] <= 1e-3 for m in history)
         assert all(m["rollout/logprob_mismatch_max"] < 1e-3 for m in history)
