@@ -251,3 +251,28 @@ def make_reference(policy: torch.nn.Module):
     ref.eval()
     ref.requires_grad_(False)
     return ref
+
+
+def eos_token_ids(tokenizer, model=None) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS, then each id of the model's
+    `generation_config.eos_token_id` (an int or a list: Llama-3-Instruct adds `<|eot_id|>`,
+    Qwen2.5-Instruct `<|im_end|>` and `<|endoftext|>`), duplicates dropped, in that order.
+
+    The one source of stop ids: HF generate's `eos_token_id`, vLLM's `stop_token_ids`, the
+    response mask (first of ANY of them), `rollout/eos_frac`, `loss.mask_truncated` and
+    the reward's view of whether a response ended all take this list. ValueError when
+    there is none (a response could never end)."""
+    ids: list[int] = []
+    candidates = [getattr(tokenizer, "eos_token_id", None)]
+    generation = getattr(model, "generation_config", None) if model is not None else None
+    if hasattr(model, "get_base_model") and generation is None:  # a peft wrapper
+        generation = getattr(model.get_base_model(), "generation_config", None)
+    extra = getattr(generation, "eos_token_id", None)
+    candidates += list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value not in ids:
+            ids.append(value)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation_config names an EOS token; "
+                         "set the tokenizer's eos_token so responses can end")
+    return ids

@@ -30,7 +30,7 @@ module imports a backend's own module (vllm.py) only when building it.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -86,14 +86,18 @@ def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
 BACKENDS: dict[str, Callable[..., RolloutBackend]] = {"hf": _build_hf, "vllm": _build_vllm}
 
 
-def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Optional[int] = None,
+def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Optional[int | Sequence[int]] = None,
                   forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
     """The backend `config.rollout.backend` names, set up with the run's decoding settings;
+    stop ids: `eos_token_id`, or by default the tokenizer's and the policy's generation_config's;
     `forward_context` (the run's precision) wraps an in-process generate (hf)."""
+    from remax.models.loading import eos_token_ids
+
     r = config.rollout
+    eos = eos_token_ids(tokenizer, policy) if eos_token_id is None else eos_token_id
     sampling = Sampling(
         max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-        eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
+        eos_token_id=eos if isinstance(eos, int) else tuple(eos),
         pad_token_id=tokenizer.pad_token_id,
     )
     if r.backend not in BACKENDS:

@@ -20,8 +20,9 @@ This is the only place that calls `generate`: a vLLM backend can plug in behind
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -217,8 +218,25 @@ def _check_args(n: int, greedy: bool, temperature: float, top_p: float, top_k: i
         raise ValueError(f"need top_k >= 0 and max_new_tokens >= 1, got {top_k}, {max_new_tokens}")
 
 
-def _module_modes(model: torch.nn.Module) -> dict[torch.nn.Module, bool]:
-    return {m: m.training for m in model.modules()}
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model.eval()` for the block, then every module's flags back as they were found:
+    `training` per module and `gradient_checkpointing` where a module has one.
+
+    `model.train(flag)` afterwards would not do: it sets ONE flag on every module, while
+    the trainer keeps the model in eval mode with only its checkpointing layers in
+    training mode (`remax.trainer.memory`), so a plain `train(False)` silently switches
+    gradient checkpointing off (issue 15, item 6). Everything that runs the policy in
+    eval mode for a moment (generation, the vLLM probe) goes through this."""
+    found = [(m, m.training, getattr(m, "gradient_checkpointing", None)) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training, checkpointing in found:
+            module.training = training
+            if checkpointing is not None:
+                module.gradient_checkpointing = checkpointing
 
 
 @torch.no_grad()  # not inference_mode: its tensors cannot enter a later forward with grad
@@ -252,9 +270,7 @@ def generate_rollout(
     all_ids, all_mask = torch.cat(parts_ids), torch.cat(parts_mask)  # (N, P)
     is_greedy_row = torch.arange(all_ids.shape[0], device=device) >= B * n  # (N,)
 
-    modes = _module_modes(model)
-    model.eval()
-    try:
+    with eval_mode(model):
         out = model.generate(
             input_ids=all_ids,
             attention_mask=all_mask,
@@ -265,14 +281,11 @@ def generate_rollout(
             # object None means "unset" and becomes the global default top_k=50
             top_k=top_k,
             max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
+            eos_token_id=eos_token_id if isinstance(eos_token_id, int) else list(eos_token_id),  # stops on any
             pad_token_id=pad_token_id,
             logits_processor=LogitsProcessorList([FiniteLogitsCheck(), ArgmaxRowsProcessor(is_greedy_row)]),
             **_NEUTRAL_GENERATE_KWARGS,
         )  # (N, P+R)
-    finally:
-        for module, was_training in modes.items():
-            module.training = was_training
 
     response_ids = out[:, all_ids.shape[1] :]  # (N, R), R <= max_new_tokens
     mask = make_response_mask(response_ids, eos_token_id)  # (N, R) float32

@@ -31,7 +31,7 @@ class Sampling:
     temperature: float
     top_p: float
     top_k: int  # 0: off
-    eos_token_id: int
+    eos_token_id: int | tuple[int, ...]  # every stop id (`remax.models.loading.eos_token_ids`)
     pad_token_id: int
 
 

@@ -53,12 +53,17 @@ from remax.errors import InputError
 from remax.models.loading import max_positions
 from remax.models.logprobs import response_logprobs
 from remax.models.lora import merged_state_dict
-from remax.rollout.generate import Rollout
+from remax.rollout.generate import Rollout, eval_mode
 from remax.rollout.types import EngineOutOfSync, Sampling
 
 DEFAULT_TOL = {torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.1}
 PROBE_LEN = 48
 PROBE_SEED = 20231016  # ReMax's arXiv submission date: any fixed number would do
+
+
+def _ids(eos: Any) -> list[int]:
+    """Sampling.eos_token_id (an id or a tuple of ids) as vLLM's stop_token_ids list."""
+    return [eos] if isinstance(eos, int) else list(eos)
 
 
 def _import_vllm():
@@ -162,7 +167,7 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         s = self.sampling
-        common = dict(max_tokens=s.max_new_tokens, stop_token_ids=[s.eos_token_id], ignore_eos=False,
+        common = dict(max_tokens=s.max_new_tokens, stop_token_ids=_ids(s.eos_token_id), ignore_eos=False,
                       detokenize=False, skip_special_tokens=False, seed=seed)
         if greedy:
             return SamplingParams(temperature=0.0, **common)
@@ -224,11 +229,9 @@ class VLLMBackend:
         out = self.llm.generate([{"prompt_token_ids": self.probe.tolist()}], params, use_tqdm=False)[0]
         engine = torch.tensor([d[t].logprob for d, t in zip(out.prompt_logprobs[1:], self.probe[1:].tolist())])
         probe = self.probe.to(self.device)[None]  # (1, L)
-        was_training = policy.training
-        policy.eval()
-        trainer = response_logprobs(policy, probe[:, :1], torch.ones_like(probe[:, :1]), probe[:, 1:],
-                                    torch.ones(1, probe.shape[1] - 1, device=self.device))[0]  # (L-1,)
-        policy.train(was_training)
+        with eval_mode(policy):  # every module's flags come back as found: checkpointing stays on
+            trainer = response_logprobs(policy, probe[:, :1], torch.ones_like(probe[:, :1]), probe[:, 1:],
+                                        torch.ones(1, probe.shape[1] - 1, device=self.device))[0]  # (L-1,)
         diff = (engine.double() - trainer.double().cpu()).abs().max()
         return float(diff) if torch.isfinite(diff) else float("inf")
 

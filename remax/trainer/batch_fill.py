@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
+from remax.algos.masks import ended as response_ended
 from remax.algos.variants import overlong_penalty
 from remax.rollout import Rollout
 
@@ -73,14 +74,14 @@ def fill_batch(
     pad_token_id: int = 0,
     gather_counts: Callable[[int], list[int]] = lambda k: [k],
     rank: int = 0,
-    mask_truncated_eos: Optional[int] = None,
+    mask_truncated_eos: Optional[int | Sequence[int]] = None,
 ) -> Filled:
     """The batch to train on. `first`: this rank's share of this step's scored rollout;
     `draw(k)`: this rank's share of the k-th extra prompt batch (k = 1, 2, ...), rolled out
     and scored; `shape(rollout, rewards, greedy)`: reward shaping; `gather_counts(k)`: every
     rank's k, in rank order (the trainer's `dist.gather_counts`; one process: [k]), `rank`
-    this rank's index; `mask_truncated_eos`: the EOS id, to mask responses that never reach
-    it (None: off).
+    this rank's index; `mask_truncated_eos`: the EOS id(s), to mask responses that never reach
+    any (None: off).
 
     Several ranks (rank r holds block r of each global draw) take the decisions of one
     process holding the whole batch: the kept-group counts of each draw are gathered, the
@@ -110,10 +111,11 @@ def real_rows(filled: Filled, seq_adv: Optional[torch.Tensor] = None):
     return f.samples, f.rewards, f.greedy_rewards, None if seq_adv is None else seq_adv[: k * n]
 
 
-def mask_truncated(samples: Rollout, eos_token_id: int) -> tuple[Rollout, float]:
-    """Zero the response mask of rows with no EOS (cut at max_new_tokens); -> (rollout, their count)."""
+def mask_truncated(samples: Rollout, eos_token_id: int | Sequence[int]) -> tuple[Rollout, float]:
+    """Zero the response mask of rows with no EOS, any of the ids (cut at max_new_tokens);
+    -> (rollout, their count)."""
     mask = samples.response_mask
-    ended = ((samples.response_ids == eos_token_id) & mask.bool()).any(-1)  # (N,)
+    ended = response_ended(samples.response_ids, mask, eos_token_id)  # (N,)
     samples = dataclasses.replace(samples, response_mask=mask * ended.unsqueeze(-1).to(mask.dtype))
     return samples, float((~ended).sum())
 

@@ -46,7 +46,7 @@ from remax.algos import get_algorithm
 from remax.config import Config, ConfigError, check_algo
 from remax.data import PromptSampler, load_splits, validate_prompts
 from remax.models import ValueModel, load_causal_lm, load_tokenizer, make_reference, resolve_device
-from remax.models.loading import max_positions
+from remax.models.loading import eos_token_ids, max_positions
 from remax.models.lora import apply_lora
 from remax.rewards import reward_from_config, source_metrics
 from remax.rollout import Rollout
@@ -154,10 +154,9 @@ class Trainer:
         self.reference = prepare_reference(self.reference, self.policy, m.reference_dtype, m.reference_offload)
         if self.config.train.gradient_checkpointing:
             checkpoint_layers(self.policy, self.critic)
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
+        if self.tokenizer.eos_token_id is None:
             raise ConfigError("the tokenizer has no eos_token; set one so responses can end")
-        self.eos_token_id = eos
+        self.eos_token_id = eos_token_ids(self.tokenizer, self.policy)  # every stop id: tokenizer + generation_config
         check_vocab(self.tokenizer, self.policy, {"--model.reference": self.reference if m.reference else None,
                                                   "--model.critic": self.critic if m.critic else None})
 

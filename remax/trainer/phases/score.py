@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from remax.algos.masks import is_eos
 from remax.rollout import Rollout
 from remax.trainer.diagnostics import baseline_diagnostics
 from remax.trainer.evaluate import decode_responses
@@ -31,11 +32,11 @@ def score(rows: list[dict[str, Any]], rollout: Rollout, *, reward_fn: Callable[.
 
 
 def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor],
-                    seq_adv: Optional[torch.Tensor], eos_token_id: int) -> dict[str, float]:
+                    seq_adv: Optional[torch.Tensor], eos_token_id: int | list[int]) -> dict[str, float]:
     """rollout/* (and adv/* when there are sequence advantages) of the batch trained on."""
     samples = rollout.sampled()
     lengths = samples.response_mask.sum(-1)  # (N,)
-    ended = (samples.response_ids == eos_token_id) & samples.response_mask.bool()
+    ended = is_eos(samples.response_ids, eos_token_id) & samples.response_mask.bool()
     m = {
         "rollout/reward_mean": float(rewards.mean()),
         "rollout/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
