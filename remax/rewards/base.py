@@ -15,6 +15,28 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import torch
 
 
+class ResponseText(str):
+    """A response as the trainer hands it to a reward: its text, special tokens dropped
+    (so a Python reward compares plain strings), and `ended`: whether it stopped on an EOS
+    id (True) or was cut at max_new_tokens (False). It is a `str` in every other way.
+
+    A scorer that models the end of a text reads `ended` (None on a plain string: not
+    known): the reward model appends its own end as its tokenizer and template produce it
+    for a finished response, and leaves a cut one open (`remax.rewards.model`)."""
+
+    ended: bool | None
+
+    def __new__(cls, text: str, ended: bool | None = None) -> "ResponseText":
+        obj = super().__new__(cls, text)
+        obj.ended = ended
+        return obj
+
+
+def response_ended(response: Any) -> bool | None:
+    """`ended` of a ResponseText; None for any other string (not known)."""
+    return getattr(response, "ended", None)
+
+
 @runtime_checkable
 class RewardFunction(Protocol):
     """Scores a batch: one float per (prompt, response) pair, higher is better."""

@@ -19,7 +19,7 @@ import torch
 from remax.rewards.base import RewardFunction, RewardValueError, as_reward_tensor, check_batch
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-RESERVED = ("skipped_batches",)  # reward/skipped_batches is the trainer's own metric
+RESERVED = ("skipped_batches", "rm_truncated")  # reward/NAME metrics the trainer and the reward model log
 
 
 class MixReward:
@@ -64,10 +64,16 @@ class MixReward:
 
 def source_metrics(reward_fn: Any, n_sampled: int) -> dict[str, float]:
     """`reward/NAME`: each source's unweighted mean over the first `n_sampled` rows (the
-    sampled responses) of the reward's last call; {} for a reward without sources."""
+    sampled responses) of the reward's last call; {} for a reward without sources. Plus the
+    counters a scorer keeps of its last call (`last_metrics`, e.g. the reward model's
+    `reward/rm_truncated`), summed over a mix's sources."""
     components = getattr(reward_fn, "last_components", None) or {}
-    return {
+    metrics = {
         f"reward/{name}": float(scores[:n_sampled].mean())
         for name, scores in components.items()
         if len(scores) >= n_sampled > 0
     }
+    for fn in [reward_fn] + [fn for _, _, fn in getattr(reward_fn, "sources", [])]:
+        for key, value in (getattr(fn, "last_metrics", None) or {}).items():
+            metrics[key] = metrics.get(key, 0.0) + float(value)
+    return metrics

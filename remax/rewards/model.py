@@ -1,22 +1,33 @@
 """A Hugging Face sequence-classification reward model (one output label) scoring
 prompt + response, with its own tokenizer loaded from the same path.
 
-Choices, which a score must not depend on how a batch was split or padded:
+The rule: the reward model reads exactly what ITS tokenizer and template produce for
+(prompt, response), a finished response with its end, so that it scores the kind of
+text it was trained on. Choices, which a score must not depend on how a batch was
+split or padded:
 - Text: the reward tokenizer's chat template when it has one (user = prompt,
   assistant = response; a chat prompt's own messages, then the response as the
   assistant's turn), else plain `prompt + response` (a chat's message contents joined
   by newlines). Templated text already holds its special tokens, so it is tokenized
   with `add_special_tokens=False`.
-- Padding is on the right. Causal models then see the same positions as for an
-  unpadded example, and the classification head reads the rightmost token that is not
-  `config.pad_token_id` (transformers' rule for left and right padding alike), so
-  `pad_token_id` is always set on the model config to the id the tokenizer pads with
-  (EOS when the tokenizer has no pad token). Caveat of that rule: trailing tokens equal
-  to the pad id are skipped, so with pad == EOS a text that ends in EOS is scored at
-  the token before it, the same way in every batch.
-- Truncation keeps the end: inputs longer than `max_length` (capped at the model's
-  position limit) lose tokens from the left, so the response, which is what is being
-  scored, survives.
+- The end of a response: the trainer's responses are `ResponseText`s that say whether
+  the policy stopped on an EOS (`ended`). A finished one gets the end the reward model's
+  own side writes: with a chat template, the template's closing of the assistant turn
+  (e.g. `<|im_end|>`); without one, the reward tokenizer's EOS token appended, unless
+  the tokenizer appends it by itself. A response cut at max_new_tokens stays open: the
+  template is rendered with `continue_final_message` (no end-of-turn) and no EOS is
+  added. A plain `str` (ended not known, e.g. a direct call) is formatted as before:
+  the template as it renders, no EOS added.
+- Too long: an input over `max_length` (capped at the model's position limit) is cut
+  on the RIGHT, inside the response, so the head the template puts first (BOS, the
+  system prompt, the prompt) is kept; each cut input is counted, and the trainer logs
+  the count of the last call as `reward/rm_truncated` (`last_metrics`).
+- Padding is on the right, and the score is read at each row's last real token, found
+  from the lengths: the pad positions hold an id that no real token of the chunk has,
+  and the model's `pad_token_id` is that id for the forward (transformers' head reads
+  the rightmost token that is not `pad_token_id`). So pad == EOS (GPT-2, Llama) does not
+  move the scoring position off a final EOS. Causal models see the same positions as
+  for an unpadded example.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from typing import Any
 
 import torch
 
-from remax.rewards.base import as_reward_tensor, check_batch
+from remax.rewards.base import as_reward_tensor, check_batch, response_ended
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,48 +87,73 @@ class RewardModelReward:
         self.model = model.to(self.device).eval()
         limit = getattr(model.config, "max_position_embeddings", None)
         self.max_length = min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.truncated = 0
+        self.last_metrics: dict[str, float] = {}  # of the last call; logged by the trainer (source_metrics)
 
     @property
     def uses_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    @property
+    def _appends_eos(self) -> bool:
+        """Whether the reward tokenizer ends an encoding with its EOS by itself."""
+        eos = self.tokenizer.eos_token_id
+        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        return eos is not None and bool(ids) and ids[-1] == eos
+
     def format_texts(self, prompts: list[Any], responses: list[str]) -> list[str]:
         """The exact strings the reward model reads, one per (prompt, response); a prompt
-        is a string or a chat (a list of {role, content} messages)."""
+        is a string or a chat (a list of {role, content} messages). A response's `ended`
+        (ResponseText) decides its end, see the module docstring."""
+        ended = [response_ended(r) for r in responses]
         if not self.uses_chat_template:
-            return [(_joined(p) if isinstance(p, list) else p) + r for p, r in zip(prompts, responses)]
+            eos = self.tokenizer.eos_token if self.tokenizer.eos_token and not self._appends_eos else ""
+            return [(_joined(p) if isinstance(p, list) else p) + r + (eos if e else "")
+                    for p, r, e in zip(prompts, responses, ended)]
         return [
             self.tokenizer.apply_chat_template(
                 (list(p) if isinstance(p, list) else [{"role": "user", "content": p}])
-                + [{"role": "assistant", "content": r}],
-                tokenize=False,
+                + [{"role": "assistant", "content": str(r)}],
+                tokenize=False, continue_final_message=e is False,  # a cut response: the turn stays open
             )
-            for p, r in zip(prompts, responses)
+            for p, r, e in zip(prompts, responses, ended)
         ]
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str], **row: list[Any]) -> torch.Tensor:
         check_batch(prompts, responses, row, self.name)
         texts = self.format_texts(list(prompts), list(responses))
+        self.truncated = 0
         scores = [self._score(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        self.last_metrics = {"reward/rm_truncated": float(self.truncated)}
         values = torch.cat(scores) if scores else torch.zeros(0)
         return as_reward_tensor(values, len(prompts), self.name)
 
     def _score(self, texts: list[str]) -> torch.Tensor:
         """One forward pass over a chunk of texts -> (b,) float32 on CPU."""
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            add_special_tokens=not self.uses_chat_template,
-            return_tensors="pt",
-        ).to(self.device)
-        if (batch["attention_mask"].sum(-1) == 0).any():
+        encoded = self.tokenizer(texts, add_special_tokens=not self.uses_chat_template, truncation=False,
+                                 verbose=False)["input_ids"]
+        self.truncated += sum(len(ids) > self.max_length for ids in encoded)
+        rows = [ids[: self.max_length] for ids in encoded]  # cut on the right: the head stays
+        if any(len(ids) == 0 for ids in rows):
             raise ValueError(f"reward model {self.name!r} got an empty prompt + response to score")
-        with self.forward_context():
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (b, 1)
-        return logits[:, 0].float().cpu()
+        width = max(len(ids) for ids in rows)
+        fill = _unused_id(rows, self.vocab_size)  # pad with an id no real token has: the head reads lengths - 1
+        input_ids = torch.tensor([ids + [fill] * (width - len(ids)) for ids in rows])
+        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        configs = {id(c): c for c in (self.model.config, config)}.values()
+        saved = [c.pad_token_id for c in configs]
+        try:
+            for c in configs:
+                c.pad_token_id = fill
+            with self.forward_context():  # the run's precision
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)).logits
+        finally:
+            for c, v in zip(configs, saved):
+                c.pad_token_id = v
+        return logits[:, 0].float().cpu()  # (b,)
 
     def __repr__(self) -> str:
         return f"RewardModelReward({self.name!r}, device={str(self.device)!r})"
@@ -167,8 +203,14 @@ def _joined(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages) + "\n"
 
 
+def _unused_id(rows: list[list[int]], vocab_size: int) -> int:
+    """The smallest token id below vocab_size that none of `rows` holds."""
+    used = {t for ids in rows for t in ids}
+    return next(i for i in range(vocab_size) if i not in used)
+
+
 def _load_tokenizer(auto_tokenizer: Any, name: str) -> Any:
-    """The reward model's tokenizer, padding right and truncating left (see module doc)."""
+    """The reward model's tokenizer, padding right and truncating right (see module doc)."""
     from remax.models.loading import checked_from_pretrained
 
     tokenizer = checked_from_pretrained("reward tokenizer", auto_tokenizer.from_pretrained, name, flag="--reward.model")
@@ -177,5 +219,5 @@ def _load_tokenizer(auto_tokenizer: Any, name: str) -> Any:
             raise ValueError(f"reward tokenizer {name!r} has neither a pad nor an EOS token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    tokenizer.truncation_side = "left"
+    tokenizer.truncation_side = "right"
     return tokenizer

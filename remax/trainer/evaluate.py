@@ -6,11 +6,14 @@ are kept, so that `remax eval` (remax/eval.py) can score them under a reference 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from remax.algos.masks import ended as response_ended
 from remax.data import encode_prompts
+from remax.models.loading import eos_token_ids
+from remax.rewards.base import ResponseText
 from remax.rollout import Rollout, generate_rollout
 from remax.trainer.guards import call_reward
 
@@ -33,10 +36,17 @@ class EvalResult:
         }
 
 
-def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-    """Text of each response's masked tokens (up to and including the first EOS), special tokens dropped."""
+def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                     eos_token_id: Optional[int | Sequence[int]] = None) -> list[ResponseText]:
+    """Text of each response's masked tokens (up to and including the first EOS), special
+    tokens dropped, as `ResponseText`s whose `ended` says whether the response stopped on
+    one of the EOS ids (default: `eos_token_ids(tokenizer)`) or was cut at max_new_tokens;
+    a reward model uses it to end the text as its own tokenizer / template does."""
+    eos = eos_token_ids(tokenizer) if eos_token_id is None else eos_token_id
     lengths = response_mask.sum(-1).long().tolist()
-    return tokenizer.batch_decode([ids[:n].tolist() for ids, n in zip(response_ids, lengths)], skip_special_tokens=True)
+    finished = response_ended(response_ids, response_mask, eos).tolist()
+    texts = tokenizer.batch_decode([ids[:n].tolist() for ids, n in zip(response_ids, lengths)], skip_special_tokens=True)
+    return [ResponseText(t, ended=bool(e)) for t, e in zip(texts, finished)]
 
 
 @torch.no_grad()
@@ -68,13 +78,14 @@ def _evaluate(policy, tokenizer, prompts, reward_fn, max_new_tokens, temperature
               max_prompt_tokens, extra) -> EvalResult:
     sampled, greedy, lengths, samples = [], [], [], []
     device = next(policy.parameters()).device
+    eos = eos_token_ids(tokenizer, policy)  # the tokenizer's and the generation_config's stop ids
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens)
         ro = generate_rollout(policy, ids.to(device), mask.to(device), n=1, greedy=True,
                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        texts = decode_responses(tokenizer, ro.response_ids, ro.response_mask)
+                              eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        texts = decode_responses(tokenizer, ro.response_ids, ro.response_mask, eos)
         sampled += texts[: len(chunk)]
         greedy += texts[len(chunk) :]
         lengths.append(ro.response_mask.sum(-1).cpu())  # (2b,) sampled rows, then greedy rows

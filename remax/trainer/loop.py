@@ -299,7 +299,8 @@ class Trainer:
         try:
             scores = score(rows, rollout, reward_fn=self.reward_fn, tokenizer=self.tokenizer,
                            prompt_column=self.config.data.prompt_column, step=self.state.step + 1,
-                           timeout_s=self.config.reward.timeout_s, device=self.device)
+                           timeout_s=self.config.reward.timeout_s, device=self.device,
+                           eos_token_id=self.eos_token_id)
         except RewardFailure as err:
             failure = str(err)
         failure = self.dist.first_failure(failure)

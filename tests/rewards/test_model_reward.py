@@ -15,16 +15,18 @@ PROMPTS = ["The Lord is my shepherd;", "And God said,", "Love is", "O give thank
 RESPONSES = [" I shall not want.", " Let there be light: and there was light.", " kind.", "", " sad and angry."]
 
 
-def _manual_scores(path, texts, add_special_tokens=True, max_tokens=None) -> list[float]:
-    """Reference: one unpadded forward per text, through plain transformers calls."""
+def _manual_scores(path, texts, add_special_tokens=True, head_tokens=None) -> list[float]:
+    """Reference: one unpadded forward per text, through plain transformers calls, scored
+    at the last token (no pad id: a batch of one reads its last position)."""
     tok = AutoTokenizer.from_pretrained(path)
     model = GPT2ForSequenceClassification.from_pretrained(path).eval()
+    model.config.pad_token_id = None
     scores = []
     with torch.no_grad():
         for text in texts:
             ids = tok(text, add_special_tokens=add_special_tokens)["input_ids"]
-            if max_tokens is not None:
-                ids = ids[-max_tokens:]
+            if head_tokens is not None:
+                ids = ids[:head_tokens]
             scores.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
     return scores
 
@@ -53,14 +55,16 @@ def test_tokenizer_without_pad_token_pads_with_eos(make_reward_model, tmp_path):
     assert reward(PROMPTS, RESPONSES).tolist() == pytest.approx(expected, abs=1e-5)
 
 
-def test_truncation_keeps_the_end(reward_model_dir):
+def test_truncation_keeps_the_head_and_is_counted(reward_model_dir):
     long_response = " And God saw the light, that it was good." * 6
     texts = [PROMPTS[0] + long_response, PROMPTS[2] + RESPONSES[2]]
     reward = RewardModelReward(str(reward_model_dir), max_length=12, batch_size=2)
-    expected = _manual_scores(reward_model_dir, texts, max_tokens=12)
+    expected = [_manual_scores(reward_model_dir, [texts[0]], head_tokens=12)[0],
+                _manual_scores(reward_model_dir, [texts[1]])[0]]
     assert reward([PROMPTS[0], PROMPTS[2]], [long_response, RESPONSES[2]]).tolist() == pytest.approx(
         expected, abs=1e-5
     )
+    assert reward.last_metrics == {"reward/rm_truncated": 1.0}
 
 
 def test_max_length_is_capped_at_model_positions(reward_model_dir):
@@ -68,7 +72,7 @@ def test_max_length_is_capped_at_model_positions(reward_model_dir):
     reward = RewardModelReward(str(reward_model_dir), max_length=1024)
     assert reward.max_length == 64
     long_response = " And the earth was without form, and void." * 20
-    expected = _manual_scores(reward_model_dir, [PROMPTS[1] + long_response], max_tokens=64)
+    expected = _manual_scores(reward_model_dir, [PROMPTS[1] + long_response], head_tokens=64)
     assert reward([PROMPTS[1]], [long_response]).tolist() == pytest.approx(expected, abs=1e-5)
 
 
@@ -118,3 +122,53 @@ def test_chat_prompts_are_scored_as_their_messages_plus_the_response(make_reward
     plain = RewardModelReward(str(make_reward_model(tmp_path / "p")))
     assert plain.format_texts([chat], [" kind."]) == ["Be kind.\nLove is\n kind."]
     assert plain([chat], [" kind."]).tolist() == pytest.approx(plain(["Be kind.\nLove is\n"], [" kind."]).tolist())
+
+
+# ----------------------------------------------- the text the reward model was trained on
+def test_a_finished_response_ends_with_the_reward_tokenizers_eos(reward_model_dir):
+    from remax.rewards.base import ResponseText
+
+    reward = RewardModelReward(str(reward_model_dir), batch_size=4)
+    eos = reward.tokenizer.eos_token
+    done, cut = ResponseText(" kind.", ended=True), ResponseText(" kind and", ended=False)
+    assert reward.format_texts(["Love is", "Love is"], [done, cut]) == [f"Love is kind.{eos}", "Love is kind and"]
+    assert reward.format_texts(["Love is"], [" kind."]) == ["Love is kind."]  # a plain str: not known, as before
+    expected = _manual_scores(reward_model_dir, [f"Love is kind.{eos}", "Love is kind and"])
+    assert reward(["Love is", "Love is"], [done, cut]).tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_pad_equal_to_eos_scores_the_final_eos(make_reward_model, tmp_path):
+    """pad == EOS (the tokenizer has no pad token): the finished text's last token IS the
+    pad id; the score is read there (from the lengths), not at the token before it."""
+    from remax.rewards.base import ResponseText
+
+    path = make_reward_model(tmp_path, drop_pad=True)
+    reward = RewardModelReward(str(path), batch_size=3)
+    assert reward.tokenizer.pad_token_id == reward.tokenizer.eos_token_id
+    eos = reward.tokenizer.eos_token
+    responses = [ResponseText(r, ended=True) for r in (" kind.", " I shall not want.", " sad")]
+    texts = [p + r + eos for p, r in zip(["Love is", PROMPTS[0], PROMPTS[4]], responses)]
+    got = reward(["Love is", PROMPTS[0], PROMPTS[4]], responses).tolist()
+    assert got == pytest.approx(_manual_scores(path, texts), abs=1e-5)
+    before_eos = _manual_scores(path, [t[: -len(eos)] for t in texts])
+    assert got != pytest.approx(before_eos, abs=1e-3)
+
+
+def test_a_cut_response_leaves_the_templates_turn_open(make_reward_model, tmp_path):
+    from remax.rewards.base import ResponseText
+
+    reward = RewardModelReward(str(make_reward_model(tmp_path, chat_template=CHAT_TEMPLATE)))
+    texts = reward.format_texts(["Love is"] * 2, [ResponseText(" kind.", ended=True), ResponseText(" kind", ended=False)])
+    assert texts == ["<|endoftext|><|user|>Love is\n<|assistant|> kind.\n", "<|endoftext|><|user|>Love is\n<|assistant|> kind"]
+
+
+def test_trainer_decodes_responses_with_their_end(tokenizer):
+    from remax.trainer.evaluate import decode_responses
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    word = tokenizer(" good", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([word + [eos, pad], word + word[:1] * 2])  # ended; cut at the length limit
+    mask = torch.tensor([[1.0] * (len(word) + 1) + [0.0], [1.0] * (len(word) + 2)])
+    texts = decode_responses(tokenizer, ids, mask)
+    assert [t.ended for t in texts] == [True, False]
+    assert texts[0] == " good" and isinstance(texts[0], str)  # special tokens dropped for Python rewards

@@ -17,15 +17,16 @@ from remax.trainer.guards import call_reward
 
 
 def score(rows: list[dict[str, Any]], rollout: Rollout, *, reward_fn: Callable[..., Any], tokenizer: Any,
-          prompt_column: str, step: int, timeout_s: Optional[float],
-          device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+          prompt_column: str, step: int, timeout_s: Optional[float], device: torch.device,
+          eos_token_id: Optional[int | list[int]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """((B*n,) sampled rewards, (B,) greedy rewards or None) for `rollout` of `rows`;
-    `step` is the 1-based step the reward function is told. Raises RewardFailure."""
+    `step` is the 1-based step the reward function is told; `eos_token_id`: the run's stop
+    ids, so each response tells the reward whether it ended. Raises RewardFailure."""
     n, b = rollout.n, rollout.num_prompts
     order = [i for i in range(b) for _ in range(n)] + (list(range(b)) if rollout.has_greedy else [])
     prompts = [rows[i][prompt_column] for i in order]
     extra = {k: [rows[i].get(k) for i in order] for k in rows[0] if k != prompt_column}
-    responses = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
+    responses = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask, eos_token_id)
     scores = call_reward(reward_fn, prompts, responses, extra, step=step, timeout_s=timeout_s,
                          greedy=b if rollout.has_greedy else 0).to(device)  # a wrong count says sampled + greedy
     return scores[: b * n], (scores[b * n :] if rollout.has_greedy else None)
