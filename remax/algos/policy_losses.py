@@ -15,7 +15,8 @@ on which loss it is:
   Yu et al., arXiv 2503.14476, eq. 10).
 - "gspo": the same clip on the length-normalised sequence ratio (Zheng et al., arXiv
   2507.18071, eq. 5-7); a sequence-level loss, normalised by the sequence count
-  whatever `agg` says; its per-sequence advantage is the first response token's.
+  whatever `agg` says; its per-sequence advantage is the masked mean of the token
+  advantages (a token-placed KL and truncated-IS weights count on every token).
 - "cispo": -sg(clip(r, 1-eps_low, 1+eps_high)) * A * log pi (MiniMax, arXiv
   2506.13585, eq. 4).
 

@@ -21,7 +21,8 @@ tensors are (N, T) with a response mask that is 1 on a prefix of each row.
   overlong reward shaping (eq. 13, `overlong_penalty`).
 - GSPO (Zheng et al., arXiv 2507.18071, eq. 5-7): a sequence-level, length-normalised
   ratio s_i = exp(mean_t(log pi - log pi_old)) clipped to [1-eps_low, 1+eps_high]
-  (`gspo_loss`).
+  (`gspo_loss`); per-token advantages (a token-placed KL, truncated-IS weights) enter as
+  their masked mean over the response (`sequence_advantage`).
 - CISPO (MiniMax, arXiv 2506.13585, eq. 4): REINFORCE with the importance weight
   clipped and detached, -sg(clip(ratio, 1-eps_low, 1+eps_high)) * A * log pi
   (`cispo_loss`), so every token keeps a gradient.
@@ -97,6 +98,15 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -> tor
 
 
 # ---------------------------------------------------------------- losses
+def sequence_advantage(advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """(N,) stays; (N, T) token advantages -> (N,) their masked mean over the response
+    (0 for an empty one). How a sequence-level loss reads per-token advantages."""
+    if advantages.dim() == 1:
+        return advantages
+    mask = response_mask.to(advantages.dtype)
+    return (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
 def gspo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -109,11 +119,13 @@ def gspo_loss(
 ) -> torch.Tensor:
     """GSPO: mean over sequences of max(-A_i s_i, -A_i clip(s_i, 1-eps_low, 1+eps_high)),
     s_i = exp(mean over the response of (logp - old_logp)). (N, T) log-probs, (N,) or
-    (N, T) advantages (a per-token tensor uses its first masked token: GSPO's
-    advantage is per sequence). The gradient is s_i * mean_t grad log pi, as in the
-    paper's eq. 10."""
+    (N, T) advantages. GSPO's advantage is per sequence; a per-token tensor (a per-token
+    KL `-beta kl_t` in it, truncated-IS weights on it, a discount) becomes A_i = the
+    masked MEAN of its token advantages (`sequence_advantage`), so every token's term
+    counts; for a sequence advantage broadcast to the tokens that is the same A_i. The
+    gradient is s_i * mean_t grad log pi, as in the paper's eq. 10."""
     mask = response_mask.to(logprobs.dtype)
-    adv = (advantages if advantages.dim() == 1 else advantages[:, 0]).detach()  # (N,)
+    adv = sequence_advantage(advantages, mask).detach()  # (N,)
     log_ratio = ((logprobs - old_logprobs.detach()) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (N,)
     ratio = torch.exp(log_ratio)
     high = clip_eps if clip_eps_high is None else clip_eps_high
