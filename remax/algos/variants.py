@@ -187,6 +187,13 @@ def truncated_is_weights(
     return weights, stats
 
 
+def sampler_logprobs(logprobs: torch.Tensor, log_mass: Optional[torch.Tensor]) -> torch.Tensor:
+    """The trainer's log-probs in the sampler's convention, the one the rollout engine
+    reports (remax/models/logprobs.py): log q = log pi_T - log pi_T(support). `log_mass`
+    from `response_logprobs(..., support=(top_k, top_p))`; None: no top-k / top-p, q = pi_T."""
+    return logprobs if log_mass is None else logprobs - log_mass.to(logprobs.device)
+
+
 def apply_truncated_is(
     advantages: torch.Tensor,
     logprobs: torch.Tensor,
@@ -194,17 +201,20 @@ def apply_truncated_is(
     response_mask: torch.Tensor,
     level: str = "auto",
     cap: float = 2.0,
+    log_mass: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(N, T) token advantages -> (advantages * truncated IS weights, stats). Every policy
     loss here is linear in A per token with a positive factor, so weighting A is weighting
     the loss. level "off", or "auto" without engine log-probs: unchanged, no stats;
-    "auto" with them is "token"."""
+    "auto" with them is "token". The weights compare the engine's log-probs with the
+    trainer's in ONE convention, the sampler's (`sampler_logprobs` with `log_mass`): with
+    equal weights they are 1 under any top-k / top-p."""
     if level == "off" or (level == "auto" and engine_logprobs is None):
         return advantages, {}
     if engine_logprobs is None:
         raise ValueError(f"importance-sampling level {level!r} needs the rollout engine's log-probs, "
                          "and this rollout backend gives none; use level 'auto' or 'off'")
-    weights, stats = truncated_is_weights(logprobs, engine_logprobs, response_mask,
+    weights, stats = truncated_is_weights(sampler_logprobs(logprobs, log_mass), engine_logprobs, response_mask,
                                           "token" if level == "auto" else level, cap)
     return advantages * weights, stats
 

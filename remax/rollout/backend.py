@@ -41,6 +41,7 @@ from remax.rollout.types import (  # the shared types, re-exported: callers impo
     RolloutBackend,
     Sampling,
     add_logprob_mismatch,
+    engine_support,
     logprob_mismatch_metrics,
 )
 
@@ -107,5 +108,5 @@ def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Option
 
 __all__ = [
     "BACKENDS", "EngineOutOfSync", "HFBackend", "RolloutBackend", "Sampling", "add_logprob_mismatch",
-    "build_backend", "logprob_mismatch_metrics",
+    "build_backend", "engine_support", "logprob_mismatch_metrics",
 ]

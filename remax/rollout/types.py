@@ -14,6 +14,7 @@ from typing import Any, Optional, Protocol
 
 import torch
 
+from remax.algos.variants import sampler_logprobs
 from remax.errors import RemaxError
 from remax.rollout.generate import Rollout
 
@@ -48,14 +49,23 @@ class RolloutBackend(Protocol):
 
 
 # ------------------------------------------------- engine vs trainer log-probs
+def engine_support(rollout: Any, engine_logprobs: Optional[torch.Tensor]) -> Optional[tuple[int, float]]:
+    """(top_k, top_p) of the run's sampler when a backend reported engine log-probs, else
+    None: what `response_logprobs(support=...)` needs to put the trainer's log-probs in the
+    engine's convention (the sampler's, remax/models/logprobs.py) for TIS and the mismatch."""
+    return None if engine_logprobs is None else (rollout.top_k, rollout.top_p)
+
+
 def add_logprob_mismatch(acc: dict[str, float], engine: Optional[torch.Tensor], logprobs: torch.Tensor,
-                         mask: torch.Tensor) -> None:
+                         mask: torch.Tensor, log_mass: Optional[torch.Tensor] = None) -> None:
     """Accumulate |engine - trainer| log-prob on the sampled tokens into `acc` (keys start
     with '_', the loop's private accumulators). engine, logprobs, mask: (n, R). No-op when
-    the backend reports no engine log-probs (HF)."""
+    the backend reports no engine log-probs (HF). Both in the sampler's convention: the
+    trainer's full-vocabulary log-probs less `log_mass` (see `sampler_logprobs`)."""
     if engine is None:
         return
-    diff = (engine.to(logprobs.device) - logprobs.detach()).abs() * mask  # (n, R)
+    trainer = sampler_logprobs(logprobs.detach(), log_mass)
+    diff = (engine.to(logprobs.device) - trainer).abs() * mask  # (n, R)
     acc["_lp_mismatch_sum"] = acc.get("_lp_mismatch_sum", 0.0) + float(diff.sum())
     acc["_lp_mismatch_tokens"] = acc.get("_lp_mismatch_tokens", 0.0) + float(mask.sum())
     acc["_lp_mismatch_max"] = max(acc.get("_lp_mismatch_max", 0.0), float(diff.max()) if diff.numel() else 0.0)
@@ -71,4 +81,7 @@ def logprob_mismatch_metrics(acc: dict[str, float]) -> dict[str, float]:
     }
 
 
-__all__ = ["EngineOutOfSync", "RolloutBackend", "Sampling", "add_logprob_mismatch", "logprob_mismatch_metrics"]
+__all__ = [
+    "EngineOutOfSync", "RolloutBackend", "Sampling", "add_logprob_mismatch", "engine_support",
+    "logprob_mismatch_metrics",
+]

@@ -23,7 +23,10 @@ engine has loaded it). Every step:
   Each request gets a seed drawn from torch's generator, so runs (and resumed runs)
   are reproducible. `Rollout.engine_logprobs` holds the engine's log-probs of the sampled
   tokens (`logprobs_mode="processed_logprobs"`: after temperature and top-k / top-p,
-  i.e. of the distribution the engine sampled from); the greedy rows' are 0.
+  i.e. of the distribution the engine sampled from: the renormalised nucleus); the greedy
+  rows' are 0. That is the ONE convention the trainer compares them in (TIS weights,
+  rollout/logprob_mismatch_*): it subtracts its own support's log-mass from its
+  full-vocabulary log-probs (remax/models/logprobs.py), so synced weights give weights of 1.
 - On a GPU, with `rollout.vllm_sleep`, the engine sleeps (level 1: weights offloaded,
   KV cache freed) from the end of `generate` until the next `sync`, so the update has
   the memory. vLLM's CPU worker has no sleep mode (it logs and ignores it), so this

@@ -125,7 +125,8 @@ def test_reinforce_pp_whitens_token_advantages_over_the_whole_batch(tiny_model, 
 
 class SyntheticEngine(HFBackend):
     """A rollout engine whose log-probs are the trainer's shifted by `delta` per token: a
-    synthetic training-inference mismatch of known size."""
+    synthetic training-inference mismatch of known size. In the engines' convention: the
+    sampler's distribution (temperature, top-k, top-p renormalised), as vLLM reports it."""
 
     def __init__(self, policy, config, tokenizer, delta):
         r = config.rollout
@@ -136,8 +137,10 @@ class SyntheticEngine(HFBackend):
     def generate(self, prompt_ids, prompt_mask, *, n, greedy):
         r = super().generate(prompt_ids, prompt_mask, n=n, greedy=greedy)
         with torch.no_grad():
-            lp = response_logprobs(self.policy, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
-        r.engine_logprobs = (lp + self.delta) * r.response_mask
+            s = self.sampling
+            lp, mass = response_logprobs(self.policy, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
+                                         temperature=s.temperature, support=(s.top_k, s.top_p))
+        r.engine_logprobs = (lp - (0.0 if mass is None else mass) + self.delta) * r.response_mask
         self.last = r
         return r
 

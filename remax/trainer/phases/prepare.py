@@ -20,6 +20,7 @@ from remax.algos import Algorithm, LossParams, PolicyLoss, gae, kl_penalty, ppo_
 from remax.config import Config, LossConfig
 from remax.models import response_logprobs, response_values
 from remax.rollout import Rollout
+from remax.rollout.types import engine_support
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Batch:
     ref_logprobs: torch.Tensor  # (N, R)
     seq_adv: Optional[torch.Tensor] = None  # (N,) from the spec's advantage estimator
     old_logprobs: Optional[torch.Tensor] = None  # (N, R) only when the update is not one on-policy pass
+    old_log_mass: Optional[torch.Tensor] = None  # (N, R) with old_logprobs and engine log-probs under top-k / top-p
     old_values: Optional[torch.Tensor] = None  # (N, R) critic
     token_adv: Optional[torch.Tensor] = None  # (N, R) precomputed (PPO's GAE); else built per micro-batch
     returns: Optional[torch.Tensor] = None  # (N, R) critic targets
@@ -77,7 +79,9 @@ def prepare(samples: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[to
         batch.seq_adv = spec.advantages(rewards, greedy_rewards, samples.n, reduce=dist.all_reduce_sum)  # (N,), batch statistics global
     if recipe.single_pass(config.loss, critic is not None):
         return batch  # old log-probs = the update's own forward, detached
-    batch.old_logprobs = logprobs(policy, samples)
+    # with engine log-probs under top-k / top-p, also the sampler's support's log-mass (TIS, mismatch)
+    batch.old_logprobs, batch.old_log_mass = logprobs(
+        policy, samples, support=engine_support(config.rollout, samples.engine_logprobs) or (0, 1.0))
     mask = samples.response_mask
     if critic is None:
         token_adv = token_advantages(batch.seq_adv, batch.old_logprobs, batch.ref_logprobs, mask,
@@ -113,14 +117,18 @@ class _LogProbs:
         self.temperature, self.micro, self.dist = config.rollout.temperature, config.train.micro_batch_size, dist
 
     @torch.no_grad()
-    def __call__(self, model: Any, samples: Rollout) -> torch.Tensor:
+    def __call__(self, model: Any, samples: Rollout, support: Optional[tuple[int, float]] = None):
+        """(N, R) log-probs; with `support`, (log-probs, log-mass of the sampler's support or None)."""
         parts = []
         for rows in micro_batches(samples.response_ids.shape[0], self.micro):
             s = samples.select(rows)
             with self.dist.forward_context():
                 parts.append(response_logprobs(model, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask,
-                                               temperature=self.temperature))
-        return torch.cat(parts)  # (N, R)
+                                               temperature=self.temperature, support=support or (0, 1.0)))
+        logprobs, masses = torch.cat([p for p, _ in parts]), [m for _, m in parts]  # (N, R)
+        if support is None:
+            return logprobs
+        return logprobs, (None if masses[0] is None else torch.cat(masses))
 
 
 def _critic_targets(batch: Batch, critic: Any, config: Config, recipe: Recipe, dist: Any) -> None:

@@ -28,7 +28,7 @@ from remax.algos import kl_loss, value_loss
 from remax.algos.variants import apply_truncated_is
 from remax.config import Config
 from remax.models import response_logprobs
-from remax.rollout.types import add_logprob_mismatch, logprob_mismatch_metrics
+from remax.rollout.types import add_logprob_mismatch, engine_support, logprob_mismatch_metrics
 from remax.trainer.guards import check_finite_weights
 from remax.trainer.phases.prepare import Batch, Recipe, token_advantages, values
 
@@ -94,16 +94,21 @@ class _Update:
     def _micro_losses(self, batch, micro, norm, acc, first_pass) -> dict[str, torch.Tensor]:
         L, r, sub = self.config.loss, self.recipe, batch.rollout.select(micro)
         mask = sub.response_mask
-        logp = response_logprobs(self.trained["policy"], sub.prompt_ids, sub.prompt_mask, sub.response_ids, mask,
-                                 temperature=self.config.rollout.temperature)  # (n, R), with grad
+        # (n, R) with grad; log_mass: the sampler's support's log-mass, to compare with the engine in its
+        # convention (None: no engine log-probs, or no top-k / top-p)
+        logp, log_mass = response_logprobs(self.trained["policy"], sub.prompt_ids, sub.prompt_mask, sub.response_ids,
+                                           mask, temperature=self.config.rollout.temperature,
+                                           support=engine_support(self.config.rollout, sub.engine_logprobs) or (0, 1.0))
         old = batch.old_logprobs[micro] if batch.old_logprobs is not None else logp.detach()
+        if batch.old_logprobs is not None:  # the rollout weights' support, as `old`
+            log_mass = None if batch.old_log_mass is None else batch.old_log_mass[micro]
         ref = batch.ref_logprobs[micro]
         if batch.token_adv is not None:
             adv = batch.token_adv[micro]
         else:
             adv = token_advantages(batch.seq_adv[micro], old, ref, mask, loss=L, recipe=r)
         # training-inference mismatch: adv * min(pi_trainer / pi_engine, cap); off without engine log-probs
-        adv, tis = apply_truncated_is(adv, old, sub.engine_logprobs, mask, L.tis, L.tis_cap)
+        adv, tis = apply_truncated_is(adv, old, sub.engine_logprobs, mask, L.tis, L.tis_cap, log_mass)
         p, max_len = r.loss_params, self.config.rollout.max_new_tokens
         losses = {"loss/policy": r.policy_loss.fn(logp, old, adv, mask, p, **norm, max_len=max_len)}
         if r.kl_placement == "loss":
@@ -119,7 +124,7 @@ class _Update:
         for k, v in tis.items():
             acc[k] = acc.get(k, 0.0) + v * share
         if first_pass:
-            add_logprob_mismatch(acc, sub.engine_logprobs, old, mask)  # old: the sampling weights' log-probs
+            add_logprob_mismatch(acc, sub.engine_logprobs, old, mask, log_mass)  # old: the sampling weights' log-probs
             acc["_kl_sum"] = acc.get("_kl_sum", 0.0) + float(((old - ref) * mask).sum())
             acc["_tokens"] = acc.get("_tokens", 0.0) + float(mask.sum())
         return losses
