@@ -204,7 +204,9 @@ class TrainConfig:
     critic_lr: float = 5e-6
     """PPO: critic learning rate."""
     weight_decay: float = 0.1
-    """AdamW weight decay (authors: 0.1)."""
+    """AdamW weight decay (authors: 0.1); biases and normalisation weights are not decayed (DeepSpeed-Chat's parameter groups)."""
+    decay_norm_and_bias: bool = False
+    """Decay biases and normalisation weights too: one parameter group (verl, TRL's plain AdamW)."""
     adam_betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas (authors: 0.9, 0.95)."""
     grad_clip: float = 1.0

@@ -10,13 +10,23 @@ so a YAML file or a flag always overrides a preset (what TRL users expect of a r
 defaults of the options.
 
 - remax-authors: the ReMax authors' scripts (Li et al., arXiv 2310.10505; their public
-  code, OPT-1.3B / Llama2-7B): per-token k1 KL in the return with beta 0.05, discount
-  0.99 (their loop discounts the last token once), advantage r - b clipped to 5,
-  lr 1e-6, Adam betas (0.9, 0.95), top-p 0.9.
-- remax-verl: verl's ReMax (`algorithm.adv_estimator=remax`): k1 KL in the reward with
-  coefficient 0.001 (`kl_ctrl.kl_coef`), the return-to-go of the per-token rewards minus
-  the greedy response's raw score (no clip, no discount), the PPO-clip actor loss
-  (clip 0.2) over 4 minibatches of one epoch, aggregated token-mean.
+  code, OPT-1.3B / Llama2-7B: liziniu/ReMax, step3_rlhf_finetuning/training_scripts/
+  llama2/run_llama2_7b.sh and opt/run_opt_1.3b.sh for the flags, rlhf_engine.py for the
+  optimizer, remax_trainer.py for the return): per-token k1 KL in the return with beta
+  0.05, discount 0.99 (their loop discounts the last token once), advantage r - b clipped
+  to 5, lr 1e-6, weight decay 0.1 (biases and norm weights undecayed: utils/utils.py's
+  parameter groups), Adam betas (0.9, 0.95) (rlhf_engine.py), cosine schedule without
+  warmup, gradient clipping 1.0 (utils/ds_utils.py), prompts and answers of 256 tokens,
+  temperature 1.0 and top-p 0.9 (ALGORITHM.md's reference points).
+- remax-verl: verl's ReMax (`algorithm.adv_estimator=remax`; volcengine/verl,
+  verl/trainer/config/ppo_trainer.yaml and its actor/actor.yaml, optim/fsdp.yaml and
+  rollout/rollout.yaml defaults; examples/remax_trainer/ for the KL): k1 KL in the reward
+  with coefficient 0.001 (`kl_ctrl.kl_coef`), the return-to-go of the per-token rewards
+  minus the greedy response's raw score (no clip, no discount), the PPO-clip actor loss
+  (clip 0.2) over 4 minibatches of one epoch, aggregated token-mean; actor optimizer
+  lr 1e-6, weight decay 0.01 on every parameter (one AdamW group), betas (0.9, 0.999),
+  constant lr (warmup_style constant, no warmup), grad clip 1.0; rollout temperature 1.0,
+  top_p 1.0, top_k off (-1).
 """
 
 from __future__ import annotations
@@ -34,8 +44,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss.gamma": 0.99,
         "loss.advantage_clip": 5.0,
         "train.lr": 1e-6,
+        "train.weight_decay": 0.1,
+        "train.decay_norm_and_bias": False,
         "train.adam_betas": (0.9, 0.95),
+        "train.lr_schedule": "cosine",
+        "train.warmup_steps": 0,
+        "train.grad_clip": 1.0,
+        "data.max_prompt_tokens": 256,
+        "rollout.max_new_tokens": 256,
+        "rollout.temperature": 1.0,
         "rollout.top_p": 0.9,
+        "rollout.top_k": 0,
     },
     "remax-verl": {
         "algo": "remax",
@@ -49,6 +68,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss.epochs": 1,
         "loss.num_minibatches": 4,
         "loss.agg": "token_mean",
+        "train.lr": 1e-6,
+        "train.weight_decay": 0.01,
+        "train.decay_norm_and_bias": True,
+        "train.adam_betas": (0.9, 0.999),
+        "train.lr_schedule": "constant",
+        "train.warmup_steps": 0,
+        "train.grad_clip": 1.0,
+        "rollout.temperature": 1.0,
+        "rollout.top_p": 1.0,
+        "rollout.top_k": 0,
     },
 }
 

@@ -24,12 +24,18 @@ def _flat(config: Config) -> dict:
 AUTHORS = {  # the ReMax authors' scripts (issue 11)
     "algo": "remax", "loss.kl_placement": "token", "loss.kl_estimator": "k1", "loss.kl_coef": 0.05,
     "loss.gamma": 0.99, "loss.advantage_clip": 5.0, "train.lr": 1e-6, "train.adam_betas": (0.9, 0.95),
-    "rollout.top_p": 0.9,
+    "rollout.top_p": 0.9, "train.weight_decay": 0.1, "train.decay_norm_and_bias": False, "train.lr_schedule": "cosine",
+    "train.warmup_steps": 0, "train.grad_clip": 1.0, "data.max_prompt_tokens": 256, "rollout.max_new_tokens": 256,
+    "rollout.temperature": 1.0, "rollout.top_k": 0,
 }
 VERL = {  # verl's ReMax
     "algo": "remax", "loss.kl_placement": "reward_to_go", "loss.kl_estimator": "k1", "loss.kl_coef": 0.001,
     "loss.gamma": 1.0, "loss.advantage_clip": None, "loss.policy_loss": "ppo_clip", "loss.clip_eps": 0.2,
     "loss.epochs": 1, "loss.num_minibatches": 4, "loss.agg": "token_mean",
+    # verl's actor / rollout defaults, not remax's (issue 15, item 12)
+    "train.lr": 1e-6, "train.weight_decay": 0.01, "train.decay_norm_and_bias": True, "train.adam_betas": (0.9, 0.999),
+    "train.lr_schedule": "constant", "train.warmup_steps": 0, "train.grad_clip": 1.0,
+    "rollout.temperature": 1.0, "rollout.top_p": 1.0, "rollout.top_k": 0,
 }
 
 

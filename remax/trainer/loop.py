@@ -169,9 +169,10 @@ class Trainer:
 
     def _build_optimizers(self) -> None:
         t = self.config.train
-        self.optimizers = {"policy": build_optimizer(self.policy.parameters(), t.lr, t.weight_decay, t.adam_betas)}
+        self.optimizers = {"policy": build_optimizer(self.policy, t.lr, t.weight_decay, t.adam_betas, t.decay_norm_and_bias)}
         if self.critic is not None:
-            self.optimizers["critic"] = build_optimizer(self.critic.parameters(), t.critic_lr, t.weight_decay, t.adam_betas)
+            self.optimizers["critic"] = build_optimizer(self.critic, t.critic_lr, t.weight_decay, t.adam_betas,
+                                                        t.decay_norm_and_bias)
         # name -> the module that runs the training forward: the model itself, or its DDP / FSDP / DeepSpeed wrapper
         self.trained, self.optimizers = self.dist.wrap({"policy": self.policy, "critic": self.critic}, self.optimizers)
         self.schedulers = {
