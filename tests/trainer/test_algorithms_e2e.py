@@ -79,7 +79,9 @@ def test_a_spec_registered_here_trains_with_no_trainer_change(tmp_path, make_arg
         assert main(["train", *args]) == 0
         (m,) = _metrics(out)
         assert m["loss/policy"] == m["loss/policy"] and "adv/mean" in m
-        assert _changed(out, policy_dir) > 0.5
+        # this one step's rewards tie in every group (adv/std 0, a zero gradient): only weight decay
+        # moves weights, and biases / norm weights are not decayed (issue 15, item 12)
+        assert _changed(out, policy_dir) > 0.3
         from remax.cli import train_description
 
         assert "median_baseline: REINFORCE minus the group median (this test)" in train_description()
