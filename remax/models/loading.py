@@ -116,7 +116,7 @@ def checked_from_pretrained(
     unless `progress_bar`."""
     name = os.path.expanduser(os.fspath(name_or_path))
     hint = f"{flag + ': ' if flag else ''}pass a hub id or a local path written by save_pretrained"
-    if _looks_like_path(name) and not os.path.isdir(name):
+    if (_looks_like_path(name) or os.path.isfile(name)) and not os.path.isdir(name):  # a local file, too
         what = "a file, not a directory" if os.path.isfile(name) else "not a local directory (and not a hub id)"
         raise ModelLoadError(f"cannot load {kind} {name!r}: {what}; {hint}")
     if required and os.path.isdir(name) and not os.path.isfile(os.path.join(name, required)):

@@ -101,3 +101,15 @@ def test_max_positions(tokenizer):
     short, long = tiny_causal_lm(tokenizer, n_positions=16), tiny_causal_lm(tokenizer, n_positions=64)
     assert max_positions(long) == 64 and max_positions(short, long) == 16
     assert max_positions(torch.nn.Linear(1, 1)) is None  # no config: no limit known
+
+
+def test_a_file_in_the_working_directory_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    """`--model.policy prompts.jsonl` (a bare name, no slash) is a local file, not a hub id:
+    one line, with no request to the hub first."""
+    from remax.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Love is"}\n')
+    with pytest.raises(InputError, match="a file, not a directory") as err:
+        load_causal_lm("prompts.jsonl", kind="policy", flag="--model.policy")
+    assert "\n" not in str(err.value) and "--model.policy" in str(err.value)
