@@ -66,7 +66,10 @@ def test_lora_run_changes_adapters_only(tmp_path, policy_dir, prompts_file, dist
     rmask = torch.ones_like(resp, dtype=torch.float32)
     args = (enc.input_ids, enc.attention_mask, resp, rmask)
     ref_lp = response_logprobs(trainer.reference, *args)
-    assert torch.equal(ref_lp, response_logprobs(start.eval(), *args))
+    # bitwise at one thread; with several, the adapter-off path's matmuls may split their sums in
+    # another order (seen at OMP_NUM_THREADS=2), so the bound is float32 rounding, 100x under the
+    # adapters' own effect asserted below
+    torch.testing.assert_close(ref_lp, response_logprobs(start.eval(), *args), rtol=0, atol=1e-6)
     assert (response_logprobs(trainer.policy, *args) - ref_lp).abs().max() > 1e-4
 
     # final/ is the adapter (peft on the base) and final/merged/ a plain model
