@@ -15,6 +15,7 @@ import io
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -87,6 +88,7 @@ def train_description(preset: Optional[str] = None) -> str:
               "--section.field VALUE; each overrides the one before."]
     if preset:
         lines += ["", describe(preset)]
+    lines += ["", LAUNCH_HELP]
     return "\n".join(lines)
 
 
@@ -168,38 +170,109 @@ def explain_bad_flags(cls: type, args: Sequence[str]) -> Optional[str]:
     return None
 
 
-def split_num_processes(args: Sequence[str]) -> tuple[int, list[str]]:
-    """Take `--num_processes N` (or `--num_processes=N`) out of the arguments; 1 if absent."""
-    rest, n, it = [], 1, iter(args)
+LAUNCH_HELP = """Launching several processes (launcher flags, read before the config options below):
+  --num_processes N     processes in all (accelerate's meaning); with --nnodes M, N/M on each node
+                        (default: one per node). torchrun underneath: gloo on CPU, NCCL on GPUs
+  --nnodes M            machines (nodes) in the run; run the same command on each, with its own
+                        --node_rank. Every node must reach --master_addr:--master_port
+  --node_rank R         this node's index, 0..M-1; node 0 holds global rank 0, the only writer
+  --master_addr HOST    address of node 0 (required with --nnodes > 1)
+  --master_port P       a free TCP port on node 0 (default 29500)"""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What `remax train` relaunches itself as (torchrun's arguments); world = nnodes * nproc_per_node."""
+
+    num_processes: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: Optional[str] = None
+    master_port: int = 29500
+
+    @property
+    def nproc_per_node(self) -> int:
+        return self.num_processes // self.nnodes
+
+    @property
+    def relaunch(self) -> bool:
+        return self.num_processes > 1
+
+    def torchrun_args(self) -> list[str]:
+        if self.nnodes == 1:
+            return ["--standalone", "--nproc_per_node", str(self.nproc_per_node)]
+        return ["--nnodes", str(self.nnodes), "--node_rank", str(self.node_rank), "--nproc_per_node",
+                str(self.nproc_per_node), "--master_addr", str(self.master_addr), "--master_port", str(self.master_port)]
+
+
+_LAUNCH_FLAGS = ("num_processes", "nnodes", "node_rank", "master_addr", "master_port")
+
+
+def split_launch_flags(args: Sequence[str]) -> tuple[Launch, list[str]]:
+    """Take the launcher's flags (LAUNCH_HELP) out of the arguments and check them together:
+    each a bad value or a bad combination is one UsageError line, before anything starts."""
+    rest, found, it = [], {}, iter(args)
     for a in it:
-        if a == "--num_processes":
-            value = next(it, None)
-        elif a.startswith("--num_processes="):
-            value = a.split("=", 1)[1]
-        else:
+        name, eq, inline = a[2:].partition("=") if a.startswith("--") else ("", "", "")
+        if name not in _LAUNCH_FLAGS:
             rest.append(a)
             continue
-        if value is None or not value.isdigit() or int(value) < 1:
-            raise UsageError(f"--num_processes needs a positive integer, got {value!r}")
-        n = int(value)
-    return n, rest
+        value = inline if eq else next(it, None)
+        if value is None or value.startswith("--"):
+            raise UsageError(f"--{name} needs a value")
+        found[name] = value
+
+    def integer(name: str, low: int, high: Optional[int] = None) -> Optional[int]:
+        value = found.get(name)
+        if value is None:
+            return None
+        if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+            want = {0: "a non-negative integer", 1: "a positive integer"}[low] if high is None else f"an integer in {low}..{high}"
+            raise UsageError(f"--{name} needs {want}, got {value!r}")
+        return int(value)
+
+    nnodes = integer("nnodes", 1) or 1
+    n = integer("num_processes", 1) or nnodes
+    node_rank = integer("node_rank", 0)
+    port = integer("master_port", 1, 65535)
+    addr = found.get("master_addr")
+    if nnodes == 1:
+        if node_rank:
+            raise UsageError(f"--node_rank {node_rank} needs --nnodes > {node_rank}")
+        return Launch(num_processes=n, master_addr=addr, master_port=port or 29500), rest
+    if n % nnodes:
+        raise UsageError(f"--num_processes {n} (processes in all) does not divide over --nnodes {nnodes}; "
+                         f"pass a multiple of {nnodes}, or leave it out for one process per node")
+    if node_rank is None:
+        raise UsageError(f"--nnodes {nnodes} needs --node_rank (0..{nnodes - 1}, a different one on each node)")
+    if node_rank >= nnodes:
+        raise UsageError(f"--node_rank {node_rank} is out of range for --nnodes {nnodes} (0..{nnodes - 1})")
+    if not addr:
+        raise UsageError(f"--nnodes {nnodes} needs --master_addr (the address of node 0, reachable from every node)")
+    return Launch(n, nnodes, node_rank, addr, port or 29500), rest
+
+
+def split_num_processes(args: Sequence[str]) -> tuple[int, list[str]]:
+    """Take `--num_processes N` (and the other launcher flags) out of the arguments; 1 if absent."""
+    launch, rest = split_launch_flags(args)
+    return launch.num_processes, rest
 
 
 def cmd_train(args: Sequence[str]) -> int:
-    n, args = split_num_processes(args)
-    if n > 1 and not os.environ.get("WORLD_SIZE"):  # the shortcut: relaunch this command in n processes
+    launch, args = split_launch_flags(args)
+    if launch.relaunch and not os.environ.get("WORLD_SIZE"):  # the shortcut: relaunch this command under torchrun
         import subprocess
 
         from remax.trainer.lock import check_unlocked
         from remax.trainer.validate import preflight
 
-        # every flag checked here, once, before torchrun starts n processes that would each print it
+        # every flag checked here, once, before torchrun starts processes that would each print it
         config = parse_train_args(args)
-        preflight(config, world=n)
-        check_unlocked(Path(config.output_dir))
+        preflight(config, world=launch.num_processes)
+        if launch.node_rank == 0:  # only global rank 0 (on node 0) takes the lock and writes
+            check_unlocked(Path(config.output_dir))
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-               "-m", "remax", "train", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(), "-m", "remax", "train", *args]
         return subprocess.call(cmd)
     from remax.trainer import Trainer
     from remax.trainer.lock import check_unlocked
