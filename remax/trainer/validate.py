@@ -109,10 +109,17 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    placement, estimator = resolve_kl(c, spec)
-    resolve_loss(c, spec)  # an unknown loss.policy_loss: one line, now
     check_output_dir(c.output_dir)
     check_dtype(c)
+    _check_combinations(c, spec)
+
+
+def _check_combinations(c: Config, spec: Any) -> None:
+    """Settings valid alone that the spec, the KL placement or the process count make
+    wrong or meaningless: refused in one line (or warned, for another algorithm's leftovers)."""
+    t, r, L = c.train, c.rollout, c.loss
+    placement, estimator = resolve_kl(c, spec)
+    resolve_loss(c, spec)  # an unknown loss.policy_loss: one line, now
     if placement == "reward_to_go" and c.loss.gamma != 1.0:
         raise ConfigError("kl_placement reward_to_go has no discount; pass --loss.gamma 1.0 or --loss.kl_placement token")
     if placement == "loss" and estimator == "k1" and L.kl_coef > 0:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _worker import SEED_OFFSET, WORLD, concat_rollouts  # noqa: E402
+from _worker import SEED_OFFSET, WORLD, shard_seeded  # noqa: E402
 
 PROMPTS = ["The Lord is", "And God said", "Blessed are the", "Love is", "In the beginning", "O give thanks",
            "He maketh me", "The wicked are"]
@@ -100,7 +100,7 @@ def rows_for(case: dict, config) -> list[dict]:
 
 def reference_class():
     from remax.trainer import Trainer
-    from remax.trainer.distributed import Dist, rank_seed, shard_bounds
+    from remax.trainer.distributed import Dist
     from remax.trainer.phases import update as update_phase
 
     class StreamDist(Dist):
@@ -127,13 +127,8 @@ def reference_class():
             self.dist = StreamDist()
 
         def rollout(self, rows):
-            parts = []
-            for r in range(WORLD):
-                a, b = shard_bounds(len(rows), WORLD, r)
-                with torch.random.fork_rng():
-                    torch.manual_seed(rank_seed(self.config.train.seed, self.dist.stream, r))
-                    parts.append(super().rollout(rows[a:b]))
-            return concat_rollouts(parts, self.tokenizer.pad_token_id)
+            return shard_seeded(super().rollout, rows, self.config.train.seed, self.dist.stream,
+                                self.tokenizer.pad_token_id)
 
     return ShardSeededReference
 

@@ -74,19 +74,27 @@ def concat_rollouts(parts, pad_id: int):
     )
 
 
+def shard_seeded(rollout, rows, seed: int, stream: int, pad_token_id: int):
+    """`rollout(rows)` of the global batch as WORLD ranks draw it: block r of `rows` under rank
+    r's sampling seed for `stream`, the blocks concatenated (one process standing for the ranks)."""
+    from remax.trainer.distributed import rank_seed, shard_bounds
+
+    parts = []
+    for r in range(WORLD):
+        a, b = shard_bounds(len(rows), WORLD, r)
+        with torch.random.fork_rng():
+            torch.manual_seed(rank_seed(seed, stream, r))
+            parts.append(rollout(rows[a:b]))
+    return concat_rollouts(parts, pad_token_id)
+
+
 def trainer_class(reference: bool):
     from remax.trainer import Trainer
-    from remax.trainer.distributed import rank_seed, shard_bounds
 
     class ShardSeededReference(Trainer):
         def rollout(self, rows):
-            parts = []
-            for r in range(WORLD):
-                a, b = shard_bounds(len(rows), WORLD, r)
-                with torch.random.fork_rng():
-                    torch.manual_seed(rank_seed(self.config.train.seed, self.state.step, r))
-                    parts.append(super().rollout(rows[a:b]))
-            return concat_rollouts(parts, self.tokenizer.pad_token_id)
+            return shard_seeded(super().rollout, rows, self.config.train.seed, self.state.step,
+                                self.tokenizer.pad_token_id)
 
     return ShardSeededReference if reference else Trainer
 

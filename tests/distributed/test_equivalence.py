@@ -43,19 +43,24 @@ def _env() -> dict[str, str]:
     return env
 
 
+def run_ranks_and_reference(worker: Path, tokenizer, out: Path, timeout: int) -> None:
+    """`worker ranks` on 2 gloo processes (torchrun) and `worker reference` in one process,
+    side by side (3 processes, about the wall time of the slower), both writing into `out`."""
+    tokenizer.save_pretrained(out / "tok")
+    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(free_port()), str(worker), "ranks", str(out / "tok"), str(out)]
+    one = [sys.executable, str(worker), "reference", str(out / "tok"), str(out)]
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd in (ranks, one)]
+    for p in procs:
+        log, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, log[-3000:]
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, tokenizer):
     out = tmp_path_factory.mktemp("dist")
-    tokenizer.save_pretrained(out / "tok")
-    worker = str(HERE / "_worker.py")
-    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-             "--master_port", str(free_port()), worker, "ranks", str(out / "tok"), str(out)]
-    one = [sys.executable, worker, "reference", str(out / "tok"), str(out)]
-    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in (ranks, one)]  # side by side: 3 processes, about the wall time of the slower
-    for p in procs:
-        log, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, log[-3000:]
+    run_ranks_and_reference(HERE / "_worker.py", tokenizer, out, timeout=300)
     return torch.load(out / "weights-ranks.pt"), torch.load(out / "weights-reference.pt")
 
 

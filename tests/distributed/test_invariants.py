@@ -15,15 +15,13 @@ The spec x option pairs the trainer ignores: tests/trainer/test_ignored_options.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from remax.algos import list_algorithms
-from .test_equivalence import _env, _max_diff, free_port
+from .test_equivalence import _max_diff, run_ranks_and_reference
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
@@ -34,16 +32,7 @@ ALGOS = list_algorithms()
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tokenizer):
     out = tmp_path_factory.mktemp("matrix")
-    tokenizer.save_pretrained(out / "tok")
-    worker = str(HERE / "_matrix_worker.py")
-    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-             "--master_port", str(free_port()), worker, "ranks", str(out / "tok"), str(out)]
-    one = [sys.executable, worker, "reference", str(out / "tok"), str(out)]
-    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in (ranks, one)]
-    for p in procs:
-        log, _ = p.communicate(timeout=400)
-        assert p.returncode == 0, log[-3000:]
+    run_ranks_and_reference(HERE / "_matrix_worker.py", tokenizer, out, timeout=400)
     load = lambda name: torch.load(out / name)  # noqa: E731
     return load("ranks-rank0.pt"), load("ranks-rank1.pt"), load("reference-rank0.pt"), out
 
