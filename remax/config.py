@@ -266,7 +266,7 @@ class LoraConfig:
 @dataclass
 class Config:
     algo: str = "remax"
-    """Algorithm, a name in remax.algos.list_algorithms(): remax (greedy baseline), reinforce, rloo, grpo, ppo (learned critic), reinforce_pp, reinforce_pp_baseline, dr_grpo, dapo, gspo, cispo; the list above says where each comes from."""
+    """Algorithm, a name in remax.algos.list_algorithms(): remax (greedy baseline), reinforce, rloo, grpo, ppo (learned critic), reinforce_pp, reinforce_pp_baseline, dr_grpo, dapo, gspo, cispo, batch_mean (batch-mean baseline); the list above says where each comes from."""
     output_dir: str = "runs/remax"
     """Where config.yaml, metrics.jsonl, checkpoints/, final/ and reward_curve.png go."""
     overwrite: bool = False

@@ -13,7 +13,7 @@ torch.distributed. Modules:
 - variants:    REINFORCE++(-baseline), Dr. GRPO, DAPO, GSPO, CISPO pieces, truncated IS
 - policy_losses: the policy-loss table (policy_gradient, ppo_clip, gspo, cispo)
 - registry:    Algorithm specs: remax, reinforce, rloo, grpo, ppo, reinforce_pp,
-               reinforce_pp_baseline, dr_grpo, dapo, gspo, cispo
+               reinforce_pp_baseline, dr_grpo, dapo, gspo, cispo, batch_mean
 """
 
 from .advantages import (

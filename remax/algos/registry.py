@@ -38,6 +38,14 @@ samples per prompt, kl_t per-token KL to the reference, rho_t = pi(a_t) / pi_old
   soft overlong penalty over the last 20% of max_new_tokens; no KL term.
 - gspo (Zheng et al. 2025, arXiv 2507.18071, eq. 5-7): GRPO's advantages; sequence
   ratio s_i = exp(mean_t log rho_t) clipped to [1 - 3e-4, 1 + 4e-4].
+- batch_mean (OpenRLHF 0.11.2, PR #1339, the estimator of "FlashREINFORCE"): A_i = r_i -
+  mean of the whole (global, all-reduced) batch's rewards, mean including r_i; n >= 1,
+  meant for n = 1: one sample per prompt and no greedy decode. Only the estimator is the
+  same: FlashREINFORCE also gates a truncated-IS correction against vLLM's log-probs on a
+  per-sequence binary KL and averages the loss per sequence; here it is remax's plain
+  policy gradient (one on-policy pass, token_mean, per-token KL) like reinforce and rloo,
+  and `--loss.tis sequence` / `--loss.agg seq_mean_token_mean` add similar parts where wanted
+  (a capped IS weight, not a KL gate).
 - cispo (MiniMax 2025, arXiv 2506.13585, eq. 4): GRPO's advantages; loss
   -sg(clip(rho_t, 0, 1 + 0.28)) A_i log pi, token-level.
 
@@ -65,6 +73,7 @@ from .kl import KL_ESTIMATORS
 from .policy_losses import POLICY_LOSSES
 from .returns import KL_PLACEMENTS
 from .variants import (
+    batch_mean_advantages,
     group_mean_advantages,
     reinforce_pp_baseline_advantages,
     varied_groups,
@@ -78,7 +87,7 @@ AdvantageFn = Callable[..., torch.Tensor]
 TokenHook = Callable[[torch.Tensor, torch.Tensor, Callable[..., torch.Tensor]], torch.Tensor]
 GroupFilter = Callable[[torch.Tensor, int], torch.Tensor]
 
-BASELINES = ("greedy", "none", "leave_one_out", "group_mean", "group_mean_std", "group_mean_batch_std", "critic")
+BASELINES = ("greedy", "none", "batch_mean", "leave_one_out", "group_mean", "group_mean_std", "group_mean_batch_std", "critic")
 
 
 @dataclass(frozen=True)
@@ -307,10 +316,22 @@ register_algorithm(Algorithm(
     description="length-normalised sequence-level importance ratio and its clip",
     paper="Zheng et al. 2025, arXiv 2507.18071",
 ))
+def _batch_mean_advantage(rewards, greedy_rewards, n, reduce=None):
+    # the mean is the whole (global) batch's: `reduce` sums over ranks
+    return batch_mean_advantages(rewards, n, reduce=reduce)
+
+
 register_algorithm(Algorithm(
     name="cispo", baseline="group_mean_std", min_samples=2, max_samples=None,
     needs_greedy=False, needs_critic=False, loss="cispo",
     default_kl_placement="loss", advantage=_grpo_advantage, clip_eps=1.0, clip_eps_high=0.28,
     description="REINFORCE weighted by the clipped, stop-gradient importance ratio",
     paper="MiniMax 2025, arXiv 2506.13585",
+))
+register_algorithm(Algorithm(
+    name="batch_mean", baseline="batch_mean", min_samples=1, max_samples=None,
+    needs_greedy=False, needs_critic=False, loss="policy_gradient",
+    default_kl_placement="token", advantage=_batch_mean_advantage, batch_advantage=True,
+    description="REINFORCE with the mean reward of the whole batch as baseline, for one sample per prompt",
+    paper="OpenRLHF 0.11.2, PR #1339 (FlashREINFORCE's estimator)",
 ))

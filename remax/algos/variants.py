@@ -26,6 +26,10 @@ tensors are (N, T) with a response mask that is 1 on a prefix of each row.
 - CISPO (MiniMax, arXiv 2506.13585, eq. 4): REINFORCE with the importance weight
   clipped and detached, -sg(clip(ratio, 1-eps_low, 1+eps_high)) * A * log pi
   (`cispo_loss`), so every token keeps a gradient.
+- Batch-mean baseline at one sample per prompt (the estimator of OpenRLHF 0.11.2's
+  "FlashREINFORCE", PR #1339, `--algo.advantage.estimator flash_reinforce`):
+  A_i = r_i - mean of every reward in the (global) rollout batch, no group, no std
+  (`batch_mean_advantages`). ReMax's niche, n = 1, without the greedy decode.
 - Truncated importance sampling (Yao et al., "Your efficient RL framework secretly
   brings you off-policy RL training", 2025): when the rollout engine's log-probs differ
   from the trainer's (vLLM, bf16), weight each token by min(pi_trainer / pi_engine, cap)
@@ -60,6 +64,26 @@ def reinforce_pp_baseline_advantages(rewards: torch.Tensor, n: int, eps: float =
     centred = group_mean_advantages(rewards, n)  # (B*n,)
     std = batch_std(centred, reduce)
     return centred / (std + eps)
+
+
+def batch_mean_advantages(rewards: torch.Tensor, n: int = 1,
+                          reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """(B*n,) -> (B*n,) r_i - mean of all N rewards of the batch (every prompt, every sample).
+
+    The mean includes r_i itself, as OpenRLHF's estimator does: E[A_i grad log pi_i] is
+    then (1 - 1/N) times REINFORCE's gradient (a constant shrink, i.e. a learning-rate
+    factor, not a direction change); the leave-one-out form r_i - mean_{j != i} r_j is the
+    same vector times N / (N - 1), so the choice only rescales. `reduce` sums over every
+    rank holding a part of the batch (the trainer's `dist.all_reduce_sum`): the mean is
+    then the global batch's, from all-reduced (count, sum) in float64. n only checks the
+    layout: the baseline never looks at groups."""
+    _grouped(rewards, n)
+    x = rewards.detach().double()
+    s = torch.stack([x.new_tensor(float(x.numel())), x.sum()])  # (2,) count, sum
+    if reduce is not None:
+        s = reduce(s)
+    mean = (s[1] / s[0]).to(rewards.dtype)
+    return rewards - mean
 
 
 def batch_std(values: torch.Tensor, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from remax.algos._registry import Registry
 
 
 ALL = ["remax", "reinforce", "rloo", "grpo", "ppo",
-       "reinforce_pp", "reinforce_pp_baseline", "dr_grpo", "dapo", "gspo", "cispo"]
+       "reinforce_pp", "reinforce_pp_baseline", "dr_grpo", "dapo", "gspo", "cispo", "batch_mean"]
 
 
 def test_every_spec():
@@ -42,6 +42,7 @@ def test_every_spec():
         "dapo": ("group_mean_std", 2, None, False, False, "ppo_clip", "none", False),
         "gspo": ("group_mean_std", 2, None, False, False, "gspo", "loss", False),
         "cispo": ("group_mean_std", 2, None, False, False, "cispo", "loss", False),
+        "batch_mean": ("batch_mean", 1, None, False, False, "policy_gradient", "token", True),
     }
     assert set(table) == set(ALL)
     for name, row in table.items():
@@ -97,6 +98,22 @@ def test_spec_advantages():
                                torch.tensor([-1, 1, 1, -1.0]) * 0.5**0.5, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="greedy"):
         get_algorithm("remax").advantage(r, None, 2)
+
+
+def test_batch_mean_advantages_by_hand():
+    spec = get_algorithm("batch_mean")
+    assert spec.batch_advantage  # the mean is the global batch's under DDP
+    # n = 1, four prompts: mean (1 + 2 + 4 + 1) / 4 = 2 -> [-1, 0, 2, -1]
+    r = torch.tensor([1.0, 2.0, 4.0, 1.0])
+    torch.testing.assert_close(spec.advantage(r, None, 1), torch.tensor([-1.0, 0.0, 2.0, -1.0]))
+    # groups are ignored: n = 2 gives the same numbers (RLOO would give [-1, 1, 3, -3])
+    torch.testing.assert_close(spec.advantage(r, None, 2), torch.tensor([-1.0, 0.0, 2.0, -1.0]))
+    # 0/1 rewards, 1 right of 4: the right one gets 1 - 1/4, each wrong one -1/4
+    torch.testing.assert_close(spec.advantage(torch.tensor([0.0, 1.0, 0.0, 0.0]), None, 1),
+                               torch.tensor([-0.25, 0.75, -0.25, -0.25]))
+    # a constant offset added to every reward does not move the advantages
+    torch.testing.assert_close(spec.advantage(r + 10.0, None, 1), spec.advantage(r, None, 1))
+    spec.check_samples(1)  # one sample per prompt is its point
 
 
 def test_check_samples():

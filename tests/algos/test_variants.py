@@ -9,6 +9,7 @@ import torch
 
 from remax.algos import aggregate, ppo_clip_loss
 from remax.algos.variants import (
+    batch_mean_advantages,
     cispo_loss,
     group_mean_advantages,
     gspo_loss,
@@ -33,6 +34,24 @@ def test_reinforce_pp_baseline_scales_by_the_batch_std():
     assert torch.allclose(got, expected)
     assert torch.allclose(got[:2], torch.tensor([-1.2247449, 1.2247449]))
     assert torch.equal(reinforce_pp_baseline_advantages(torch.ones(4), 2), torch.zeros(4))  # no signal, no NaN
+
+
+def test_batch_mean_advantages_take_the_global_mean():
+    # R = [1, 3, 2, 2]: mean 2 -> [-1, 1, 0, 0]
+    assert torch.equal(batch_mean_advantages(R, 1), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+    # two "ranks" holding [1, 3] and [2, 2]: with the summing reduce each sees count 4, sum 8
+    other = {0: R[2:], 1: R[:2]}
+    for rank, part in enumerate((R[:2], R[2:])):
+        tail = other[rank].double()
+        reduce = lambda s, t=tail: s + torch.stack([t.new_tensor(float(t.numel())), t.sum()])  # noqa: E731
+        assert torch.equal(batch_mean_advantages(part, 1, reduce=reduce), torch.tensor([-1.0, 1.0, 0.0, 0.0])[2 * rank:2 * rank + 2])
+    # ranks holding [1, 1] and [3, 3]: a per-rank mean would leave no signal, the global one is 2
+    a = torch.tensor([1.0, 1.0])
+    assert torch.equal(batch_mean_advantages(a, 1), torch.zeros(2))  # the local mean: no signal
+    glob = lambda s: s + torch.tensor([2.0, 6.0], dtype=torch.float64)  # noqa: E731
+    assert torch.equal(batch_mean_advantages(a, 1, reduce=glob), torch.tensor([-1.0, -1.0]))  # global mean 2
+    with pytest.raises(ValueError, match="not divisible"):
+        batch_mean_advantages(torch.ones(3), 2)
 
 
 def test_varied_groups_drops_all_equal_groups():

@@ -22,6 +22,16 @@ def test_reinforce_pp_baseline_takes_the_global_batch_std():
     assert not torch.allclose(spec.advantages(rewards[:4], None, 2), one[:4])  # the per-rank std differs
 
 
+def test_batch_mean_takes_the_global_batch_mean():
+    spec = get_algorithm("batch_mean")
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0])  # n = 1; rank 0 holds 1 right of 4, rank 1 3 of 4
+    one = spec.advantages(rewards, None, 1)  # global mean 0.5
+    halves = Lockstep(2).run(lambda r, reduce: spec.advantages(rewards[4 * r: 4 * r + 4], None, 1, reduce=reduce))
+    torch.testing.assert_close(torch.cat(halves), one)
+    torch.testing.assert_close(one, rewards - 0.5)
+    assert not torch.allclose(spec.advantages(rewards[:4], None, 1), one[:4])  # per rank the mean is 0.25
+
+
 def _rollout(rewards_per_group, n=2, width=3):
     b = len(rewards_per_group)
     rows = b * n

@@ -16,7 +16,7 @@ COMMON_METRICS = {
 }
 
 
-@pytest.mark.parametrize("algo", ["remax", "reinforce", "rloo", "grpo", "ppo"])
+@pytest.mark.parametrize("algo", ["remax", "reinforce", "rloo", "grpo", "ppo", "batch_mean"])
 def test_train_every_algorithm(algo, tmp_path, make_args, policy_dir):
     out = tmp_path / "run"
     args = make_args(out, algo) + ["--log.save_every", "1"]
