@@ -93,32 +93,11 @@ class RewardModelReward:
 
     @property
     def uses_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    @property
-    def _appends_eos(self) -> bool:
-        """Whether the reward tokenizer ends an encoding with its EOS by itself."""
-        eos = self.tokenizer.eos_token_id
-        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
-        return eos is not None and bool(ids) and ids[-1] == eos
+        return uses_chat_template(self.tokenizer)
 
     def format_texts(self, prompts: list[Any], responses: list[str]) -> list[str]:
-        """The exact strings the reward model reads, one per (prompt, response); a prompt
-        is a string or a chat (a list of {role, content} messages). A response's `ended`
-        (ResponseText) decides its end, see the module docstring."""
-        ended = [response_ended(r) for r in responses]
-        if not self.uses_chat_template:
-            eos = self.tokenizer.eos_token if self.tokenizer.eos_token and not self._appends_eos else ""
-            return [(_joined(p) if isinstance(p, list) else p) + r + (eos if e else "")
-                    for p, r, e in zip(prompts, responses, ended)]
-        return [
-            self.tokenizer.apply_chat_template(
-                (list(p) if isinstance(p, list) else [{"role": "user", "content": p}])
-                + [{"role": "assistant", "content": str(r)}],
-                tokenize=False, continue_final_message=e is False,  # a cut response: the turn stays open
-            )
-            for p, r, e in zip(prompts, responses, ended)
-        ]
+        """The exact strings the reward model reads, one per (prompt, response): `format_texts`."""
+        return format_texts(self.tokenizer, prompts, responses)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str], **row: list[Any]) -> torch.Tensor:
@@ -132,31 +111,79 @@ class RewardModelReward:
 
     def _score(self, texts: list[str]) -> torch.Tensor:
         """One forward pass over a chunk of texts -> (b,) float32 on CPU."""
-        encoded = self.tokenizer(texts, add_special_tokens=not self.uses_chat_template, truncation=False,
-                                 verbose=False)["input_ids"]
+        encoded = encode_texts(self.tokenizer, texts)
         self.truncated += sum(len(ids) > self.max_length for ids in encoded)
         rows = [ids[: self.max_length] for ids in encoded]  # cut on the right: the head stays
         if any(len(ids) == 0 for ids in rows):
             raise ValueError(f"reward model {self.name!r} got an empty prompt + response to score")
-        width = max(len(ids) for ids in rows)
-        fill = _unused_id(rows, self.vocab_size)  # pad with an id no real token has: the head reads lengths - 1
-        input_ids = torch.tensor([ids + [fill] * (width - len(ids)) for ids in rows])
-        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
-        configs = {id(c): c for c in (self.model.config, config)}.values()
-        saved = [c.pad_token_id for c in configs]
-        try:
-            for c in configs:
-                c.pad_token_id = fill
-            with self.forward_context():  # the run's precision
-                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)).logits
-        finally:
-            for c, v in zip(configs, saved):
-                c.pad_token_id = v
-        return logits[:, 0].float().cpu()  # (b,)
+        with self.forward_context():  # the run's precision
+            return sequence_scores(self.model, rows).float().cpu()  # (b,)
 
     def __repr__(self) -> str:
         return f"RewardModelReward({self.name!r}, device={str(self.device)!r})"
+
+
+def uses_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def appends_eos(tokenizer: Any) -> bool:
+    """Whether `tokenizer` ends an encoding with its EOS by itself."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return eos is not None and bool(ids) and ids[-1] == eos
+
+
+def format_texts(tokenizer: Any, prompts: list[Any], responses: list[str]) -> list[str]:
+    """The exact strings a reward model with this tokenizer reads, one per (prompt,
+    response); a prompt is a string or a chat (a list of {role, content} messages). A
+    response's `ended` (ResponseText) decides its end, see the module docstring. Shared
+    with `remax rm` (remax/pipeline/rm.py), which trains on the very same layout."""
+    ended = [response_ended(r) for r in responses]
+    if not uses_chat_template(tokenizer):
+        eos = tokenizer.eos_token if tokenizer.eos_token and not appends_eos(tokenizer) else ""
+        return [(_joined(p) if isinstance(p, list) else p) + r + (eos if e else "")
+                for p, r, e in zip(prompts, responses, ended)]
+    return [
+        tokenizer.apply_chat_template(
+            (list(p) if isinstance(p, list) else [{"role": "user", "content": p}])
+            + [{"role": "assistant", "content": str(r)}],
+            tokenize=False, continue_final_message=e is False,  # a cut response: the turn stays open
+        )
+        for p, r, e in zip(prompts, responses, ended)
+    ]
+
+
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of formatted texts, uncut: templated text already holds its special tokens."""
+    return tokenizer(texts, add_special_tokens=not uses_chat_template(tokenizer), truncation=False,
+                     verbose=False)["input_ids"]
+
+
+def sequence_scores(model: Any, rows: list[list[int]]) -> torch.Tensor:
+    """(b,) `logits[:, 0]` of a one-label sequence-classification model, read at each
+    row's last real token: rows are padded on the right with an id none of them holds,
+    which is the model's `pad_token_id` for this forward only (transformers' head reads
+    the rightmost token that is not `pad_token_id`), so pad == EOS cannot move the
+    position. Differentiable: `remax rm` trains through it, scoring runs it under no_grad."""
+    core = getattr(model, "module", model)  # a DDP wrapper runs the forward; the model holds the config
+    vocab_size = core.get_input_embeddings().num_embeddings
+    width = max(len(ids) for ids in rows)
+    fill = _unused_id(rows, vocab_size)
+    input_ids = torch.tensor([ids + [fill] * (width - len(ids)) for ids in rows])  # (b, T)
+    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])  # (b, T)
+    config = core.config.get_text_config() if hasattr(core.config, "get_text_config") else core.config
+    configs = list({id(c): c for c in (core.config, config)}.values())
+    saved = [c.pad_token_id for c in configs]
+    device = next(core.parameters()).device
+    try:
+        for c in configs:
+            c.pad_token_id = fill
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    finally:
+        for c, v in zip(configs, saved):
+            c.pad_token_id = v
+    return logits[:, 0]  # (b,)
 
 
 def refuse_causal_lm(name: str) -> None:
