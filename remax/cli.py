@@ -35,6 +35,10 @@ commands:
           remax serve-reward --kind python --function reward.py:score [--port 8000 --token T]
   eval    compare a policy with a reference on held-out prompts:
           remax eval --policy PATH --reference PATH --data FILE --reward.kind vader
+  sft     supervised fine-tuning on prompt/completion or chat rows (the pipeline's step 1):
+          remax sft --model PATH --train_file sft.jsonl --output_dir runs/sft
+  rm      a Bradley-Terry reward model on preference pairs (step 2), for --reward.kind model:
+          remax rm --model runs/sft/final --train_file pairs.jsonl --output_dir runs/rm
   demo    offline demo: pretrain a tiny GPT-2 on the KJV Bible, then ReMax it
           towards positive sentiment and print a before/after table
 
@@ -258,22 +262,28 @@ def split_num_processes(args: Sequence[str]) -> tuple[int, list[str]]:
     return launch.num_processes, rest
 
 
+def relaunch(command: str, launch: Launch, args: Sequence[str], output_dir: str) -> int:
+    """`remax COMMAND args` again under torchrun with `launch`'s processes (the flags were
+    checked once, here); only node 0 checks the lock, as only global rank 0 writes."""
+    import subprocess
+
+    from remax.trainer.lock import check_unlocked
+
+    if launch.node_rank == 0:
+        check_unlocked(Path(output_dir))
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(), "-m", "remax", command, *args]
+    return subprocess.call(cmd)
+
+
 def cmd_train(args: Sequence[str]) -> int:
     launch, args = split_launch_flags(args)
     if launch.relaunch and not os.environ.get("WORLD_SIZE"):  # the shortcut: relaunch this command under torchrun
-        import subprocess
-
-        from remax.trainer.lock import check_unlocked
         from remax.trainer.validate import preflight
 
         # every flag checked here, once, before torchrun starts processes that would each print it
         config = parse_train_args(args)
         preflight(config, world=launch.num_processes)
-        if launch.node_rank == 0:  # only global rank 0 (on node 0) takes the lock and writes
-            check_unlocked(Path(config.output_dir))
-
-        cmd = [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(), "-m", "remax", "train", *args]
-        return subprocess.call(cmd)
+        return relaunch("train", launch, args, config.output_dir)
     from remax.trainer import Trainer
     from remax.trainer.lock import check_unlocked
 
@@ -328,16 +338,11 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": cmd_train, "benc
 COMMANDS["serve-reward"] = cmd_serve_reward
 
 
-def cmd_plan(args: Sequence[str]) -> int:
-    from remax.plan import main as plan_main
+def cmd_serve_rollout(args: Sequence[str]) -> int:
+    from remax.rollout.server import ServeRolloutConfig, serve
 
-    return plan_main(args)
-
-
-COMMANDS["plan"] = cmd_plan
-
-
-def cmd_eval(args: Sequence[str]) -> int:
+    config = run_tyro(
+        Servecmd_eval(args: Sequence[str]) -> int:
     from remax.eval import EvalConfig, run_eval
 
     config = run_tyro(
@@ -352,6 +357,82 @@ def cmd_eval(args: Sequence[str]) -> int:
 
 
 COMMANDS["eval"] = cmd_eval
+
+
+def parse_pipeline_args(cls: type, args: Sequence[str], *, prog: str, description: str):
+    """Defaults < YAML (--config, keys as the flags' names) < flags -> a `cls` config."""
+    from remax.config import from_dict
+
+    path, rest = split_config_flag(args)
+    default = from_dict(cls, _read_yaml(path)) if path else cls()
+    return run_tyro(cls, rest, default=default, prog=prog, description=f"{description}\n\n{LAUNCH_HELP}")
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    from remax.config import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML syntax error ({' '.join(str(err).split())[:200]})") from None
+    return data or {}
+
+
+def _pipeline(command: str, cls: type, run: Callable, args: Sequence[str], description: str) -> Optional[object]:
+    """Parse, check, then run here or relaunch under torchrun (--num_processes N); the
+    result of `run(config)` on rank 0 of the run, None elsewhere."""
+    from remax.pipeline.common import check_config
+    from remax.trainer.lock import check_unlocked
+
+    launch, args = split_launch_flags(args)
+    config = parse_pipeline_args(cls, args, prog=f"remax {command}", description=description)
+    check_config(config)
+    if launch.relaunch and not os.environ.get("WORLD_SIZE"):
+        if config.batch_size % launch.num_processes:
+            raise UsageError(f"--batch_size {config.batch_size} does not split over {launch.num_processes} processes; "
+                             f"make it a multiple of {launch.num_processes}")
+        raise SystemExit(relaunch(command, launch, args, config.output_dir))
+    if not os.environ.get("WORLD_SIZE"):
+        check_unlocked(Path(config.output_dir))  # a run in progress there: refused before models load
+    result = run(config)
+    return result if os.environ.get("RANK", "0") == "0" else None
+
+
+def cmd_sft(args: Sequence[str]) -> int:
+    from remax.pipeline.sft import SFTConfig, run_sft
+
+    path = _pipeline("sft", SFTConfig, run_sft, args,
+                     "Supervised fine-tuning of a causal LM on prompt/completion rows (loss on the completion only) or "
+                     "chat rows ({\"messages\": [...]}, loss on the assistant turns). Writes OUTPUT_DIR/final, which "
+                     "remax train --model.policy loads.")
+    if path is not None:
+        print(f"done: wrote {path}; next: remax rm --model {path} ... or remax train --model.policy {path}")
+    return 0
+
+
+def cmd_rm(args: Sequence[str]) -> int:
+    from remax.pipeline.rm import RMConfig, run_rm
+
+    result = _pipeline("rm", RMConfig, run_rm, args,
+                       "A Bradley-Terry reward model, -log sigmoid(r_chosen - r_rejected - margin), on preference pairs "
+                       "(chosen / rejected, with a prompt column or a shared beginning; strings or chats; an optional "
+                       "margin column). Writes OUTPUT_DIR/final, an AutoModelForSequenceClassification for "
+                       "--reward.kind model and remax serve-reward --kind model.")
+    if result is not None:
+        acc = result["eval_accuracy"]
+        held = f"held-out pair accuracy {acc:.3f} on {result['eval_pairs']} pairs" if acc is not None else "no held-out pairs"
+        print(f"done: {result['steps']} steps, {held}; wrote {result['path']}; "
+              f"use it with --reward.kind model --reward.model {result['path']}")
+    return 0
+
+
+COMMANDS["sft"] = cmd_sft
+COMMANDS["rm"] = cmd_rm
 
 
 def split_debug_flag(argv: Sequence[str]) -> tuple[bool, list[str]]:
