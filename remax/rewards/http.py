@@ -4,8 +4,12 @@ the trainer needs no HTTP package.
 
 Protocol (JSON over HTTP):
     GET  /health  -> {"status": "ok", "reward": NAME, "token_required": bool}
-    POST /score   {"prompts": [...], "responses": [...], "columns": {NAME: [...]}}
+    POST /score   {"prompts": [...], "responses": [...], "columns": {NAME: [...]},
+                   "ended": [true | false | null, ...]}
                   -> {"scores": [float, ...]}   (one per response, in order)
+`ended` (optional) carries each response's ResponseText.ended (stopped on an EOS, or cut
+at max_new_tokens), so a served reward model closes a finished response exactly as a
+local one (`--reward.kind model`) does; it is sent only when some response knows it.
 An optional bearer token goes in `Authorization: Bearer TOKEN`; the client reads it from
 an environment variable (default REMAX_REWARD_TOKEN) so that it never lands in config.yaml.
 
@@ -32,7 +36,7 @@ from typing import Any, Optional
 
 import torch
 
-from remax.rewards.base import as_reward_tensor, check_batch
+from remax.rewards.base import as_reward_tensor, check_batch, response_ended
 
 DEFAULT_TOKEN_ENV = "REMAX_REWARD_TOKEN"
 RETRY_STATUS = (429, 502, 503, 504)
@@ -93,7 +97,10 @@ class HttpReward:
         return as_reward_tensor(self._scores(prompts, responses, row), len(prompts), self.name)
 
     def _scores(self, prompts: list[Any], responses: list[str], row: dict[str, list[Any]]) -> list[Any]:
-        payload = {"prompts": list(prompts), "responses": list(responses), "columns": row}
+        payload: dict[str, Any] = {"prompts": list(prompts), "responses": list(responses), "columns": row}
+        ended = [response_ended(r) for r in responses]
+        if any(e is not None for e in ended):
+            payload["ended"] = ended
         answer = self._request("POST", "/score", payload)
         scores = answer.get("scores") if isinstance(answer, dict) else None
         if not isinstance(scores, list):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from remax.errors import InputError
-from remax.rewards.base import as_reward_tensor
+from remax.rewards.base import ResponseText, as_reward_tensor
 from remax.rewards.http import DEFAULT_TOKEN_ENV
 
 
@@ -70,6 +70,7 @@ def create_app(reward_fn: Any, *, token: Optional[str] = None, name: Optional[st
         prompts: list[Any]  # strings, or chats (lists of {role, content} messages)
         responses: list[str]
         columns: dict[str, list[Any]] = Field(default_factory=dict)
+        ended: Optional[list[Optional[bool]]] = None  # each response's ResponseText.ended (remax/rewards/http.py)
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -91,7 +92,7 @@ def create_app(reward_fn: Any, *, token: Optional[str] = None, name: Optional[st
             return {"scores": []}
         try:
             with lock:
-                out = reward_fn(body.prompts, body.responses, **body.columns)
+                out = reward_fn(body.prompts, _responses(body.responses, body.ended), **body.columns)
                 scores = as_reward_tensor(out, len(body.prompts), name)
         except ValueError as err:  # a mismatched batch, unusable scores, a missing column
             raise HTTPException(422, _one_line(err)) from None
@@ -100,6 +101,15 @@ def create_app(reward_fn: Any, *, token: Optional[str] = None, name: Optional[st
         return {"scores": scores.tolist()}
 
     return app
+
+
+def _responses(texts: list[str], ended: Optional[list[Optional[bool]]]) -> list[str]:
+    """The responses as the client's reward saw them: ResponseTexts when `ended` came along."""
+    if ended is None:
+        return texts
+    if len(ended) != len(texts):
+        raise ValueError(f"'ended' has {len(ended)} values for {len(texts)} responses")
+    return [ResponseText(t, e) for t, e in zip(texts, ended)]
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,193 @@
+"""`remax rm`: the Bradley-Terry loss by hand, TRL's pair formats, and end to end: a reward
+model trained on a tiny model scores held-out pairs with the same numbers through the
+trainer's own forward, `--reward.kind model` and `remax serve-reward`, and learns a
+marker preference above chance over seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from remax.cli import main
+from remax.data import DataError, PromptRows
+from remax.pipeline.losses import bradley_terry, pair_accuracy
+from remax.pipeline.rm import Pair, RMConfig, RMTask, common_prefix, parse_pair, rm_examples, rm_texts
+from remax.rewards.base import ResponseText
+
+WORDS = ["the", "lord", "is", "my", "shepherd", "light", "earth", "god", "said", "and", "was", "good", "night", "deep"]
+
+
+# ------------------------------------------------------------------ the loss by hand
+def test_bradley_terry_by_hand():
+    chosen = torch.tensor([2.0, 0.0, 1.0])
+    rejected = torch.tensor([1.0, 0.0, 3.0])
+    margin = torch.tensor([0.0, 1.0, 0.5])
+    # -log sigmoid(d) = log(1 + exp(-d)), d = chosen - rejected - margin = 1, -1, -2.5
+    want = [math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(1.0)), math.log(1 + math.exp(2.5))]
+    assert bradley_terry(chosen, rejected, margin).tolist() == pytest.approx(want, abs=1e-6)
+    assert bradley_terry(chosen, rejected).tolist() == pytest.approx(
+        [math.log(1 + math.exp(-1.0)), math.log(2.0), math.log(1 + math.exp(2.0))], abs=1e-6)
+    assert pair_accuracy(chosen, rejected).tolist() == [1.0, 0.5, 0.0]
+
+
+def test_bradley_terry_gradient_by_hand():
+    # d/dr_c [-log sigmoid(r_c - r_r - m)] = -(1 - sigmoid(d)) = -sigmoid(-d); at d = 0: -1/2
+    chosen = torch.tensor([1.5], requires_grad=True)
+    rejected = torch.tensor([0.5], requires_grad=True)
+    bradley_terry(chosen, rejected, torch.tensor([1.0])).sum().backward()
+    assert chosen.grad.item() == pytest.approx(-0.5)
+    assert rejected.grad.item() == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ TRL's formats
+def test_implicit_string_prompt_is_the_shared_beginning():
+    assert common_prefix("And God said light", "And God said dark") == len("And God said")
+    assert common_prefix("abc", "abd") == 2
+    c = RMConfig()
+    pair = parse_pair({"chosen": "And God said light", "rejected": "And God said dark", "margin": 2}, c, "f:1")
+    assert pair == Pair("And God said", " light", " dark", 2.0)
+
+
+def test_explicit_prompt_strings_and_chats():
+    c = RMConfig()
+    assert parse_pair({"prompt": "Hi", "chosen": " a", "rejected": " b"}, c, "f:1") == Pair("Hi", " a", " b")
+    user = [{"role": "user", "content": "Hi"}]
+    row = {"prompt": user, "chosen": [{"role": "assistant", "content": "good"}],
+           "rejected": [{"role": "assistant", "content": "bad"}]}
+    assert parse_pair(row, c, "f:1") == Pair(user, "good", "bad")
+    implicit = {"chosen": user + [{"role": "assistant", "content": "good"}],
+                "rejected": user + [{"role": "assistant", "content": "bad"}]}
+    assert parse_pair(implicit, c, "f:1") == Pair(user, "good", "bad")
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"chosen": "a"}, "f:1: no 'rejected' column (columns: chosen); rename it or pass --rejected_column"),
+    ({"chosen": "same", "rejected": "same"}, "the same, so the pair states no preference"),
+    ({"chosen": "a", "rejected": "b", "margin": "big"}, "column 'margin' must be a finite number, got 'big'"),
+    ({"chosen": "a", "rejected": ""}, "empty text in column 'rejected'"),
+    ({"prompt": "p", "chosen": [{"role": "user", "content": "x"}], "rejected": "b"},
+     "column 'chosen' must be one assistant message"),
+])
+def test_bad_pairs_are_one_line(row, message):
+    with pytest.raises(DataError, match=None) as err:
+        parse_pair(row, RMConfig(), "f:1")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_training_text_is_what_the_reward_model_reads(tokenizer, chat_tokenizer):
+    # no template: prompt + response + EOS (a finished response), as RewardModelReward formats it
+    pairs = [Pair("And God said", " light", " dark")]
+    assert rm_texts(tokenizer, pairs) == (["And God said light<|endoftext|>"], ["And God said dark<|endoftext|>"])
+    # a chat template: the user turn, then the response as the assistant's turn
+    chosen, _ = rm_texts(chat_tokenizer, [Pair([{"role": "user", "content": "Hi"}], "yes", "no")])
+    assert chosen == ["<user>Hi\n<assistant>yes\n"]
+
+
+def test_over_long_pairs_are_dropped(tokenizer):
+    rows = PromptRows([{"chosen": "And God said light", "rejected": "And God said dark"},
+                       {"chosen": "a " * 40 + "x", "rejected": "a " * 40 + "y"}])
+    examples = rm_examples(rows, tokenizer, RMConfig(), max_length=16)
+    assert len(examples) == 1 and examples[0].chosen[-1] == tokenizer.eos_token_id
+
+
+# ------------------------------------------------------------------ end to end
+def marker_pairs(n: int, seed: int) -> list[dict]:
+    """A learnable preference: the chosen response holds the word 'joy', the rejected one
+    does not; otherwise both are random words (their positions and lengths vary)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.sample(WORDS, 3))
+        chosen = rng.sample(WORDS, rng.randint(2, 4))
+        chosen.insert(rng.randint(0, len(chosen)), "joy")
+        rejected = rng.sample(WORDS, rng.randint(3, 5))
+        rows.append({"prompt": prompt, "chosen": " " + " ".join(chosen), "rejected": " " + " ".join(rejected)})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def base_dir(tmp_path, tokenizer, seed_offset):
+    from remax.models.tiny import tiny_causal_lm
+
+    path = tmp_path / "base"
+    tiny_causal_lm(tokenizer, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def rm_args(base, data, out, seed, steps=40):
+    return ["rm", "--model", str(base), "--train_file", str(data), "--output_dir", str(out), "--steps", str(steps),
+            "--batch_size", "8", "--micro_batch_size", "4", "--lr", "3e-3", "--eval_fraction", "0.25",
+            "--seed", str(seed), "--progress", "False"]
+
+
+@pytest.mark.slow
+def test_rm_end_to_end_scores_match_everywhere(tmp_path, base_dir, seed_offset, capsys):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from remax.config import RewardConfig
+    from remax.data import split_rows
+    from remax.models.loading import load_tokenizer
+    from remax.rewards import reward_from_config
+    from remax.rewards.http import HttpReward
+    from remax.rewards.model import RewardModelReward
+    from remax.rewards.server import RunningServer, create_app
+
+    seed = 3 + seed_offset
+    data = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(64, seed))
+    out = tmp_path / "rm"
+    assert main(rm_args(base_dir, data, out, seed, steps=12)) == 0
+    assert "held-out pair accuracy" in capsys.readouterr().out
+    final = out / "final"
+    config = AutoConfig.from_pretrained(final)
+    assert config.num_labels == 1 and config.architectures == ["GPT2ForSequenceClassification"]
+    assert config.pad_token_id == load_tokenizer(final).pad_token_id is not None
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 13)) and "eval/accuracy" in metrics[-1]
+
+    # the held-out pairs, as run_rm split them (the same seeded split_rows)
+    _, held = split_rows(PromptRows(marker_pairs(64, seed)), 0.25, seed)
+    prompts = [r["prompt"] for r in held] * 2
+    responses = [ResponseText(r["chosen"], ended=True) for r in held] + \
+        [ResponseText(r["rejected"], ended=True) for r in held]
+    # 1. the trainer's own forward on the examples it trains on
+    model = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    examples = rm_examples(held, load_tokenizer(final), RMConfig(), max_length=1024)
+    with torch.no_grad():
+        own = torch.cat(RMTask().scores(model, examples))
+    # 2. --reward.kind model, as remax train builds it
+    local = reward_from_config(RewardConfig(kind="model", model=str(final)), device="cpu")(prompts, responses)
+    # 3. remax serve-reward --kind model, through the HTTP client remax train uses
+    with RunningServer(create_app(RewardModelReward(str(final)))) as server:
+        served = HttpReward(server.url)(prompts, responses)
+    assert torch.allclose(local, own, atol=1e-5), (local, own)
+    assert torch.allclose(served, local, atol=1e-6)
+    # the logged held-out accuracy is the accuracy of these very scores
+    k = len(held)
+    assert metrics[-1]["eval/accuracy"] == pytest.approx(float(pair_accuracy(local[:k], local[k:]).mean()), abs=1e-6)
+    assert metrics[-1]["eval/loss"] == pytest.approx(float(bradley_terry(local[:k], local[k:]).mean()), abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.learning
+def test_rm_learns_a_marker_preference_above_chance(tmp_path, base_dir, seed_offset, record_outcome):
+    from remax.pipeline.rm import run_rm
+
+    seed = 11 + seed_offset
+    config = RMConfig(model=str(base_dir), output_dir=str(tmp_path / "rm"), steps=40, batch_size=8, micro_batch_size=8,
+                      lr=3e-3, eval_fraction=0.25, seed=seed, progress=False)
+    result = run_rm(config, rows=marker_pairs(128, seed))
+    # 32 held-out pairs never trained on; chance is 0.5. Measured over REMAX_TEST_SEED_OFFSET
+    # 0..3 and OMP_NUM_THREADS 1 / 2: see the report in tests/pipeline (min printed by -s).
+    record_outcome("rm_heldout_accuracy", result["eval_accuracy"], 0.75)
+    assert result["eval_pairs"] == 32
+    assert result["eval_accuracy"] >= 0.75, result
