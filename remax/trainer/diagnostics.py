@@ -17,6 +17,14 @@ tensors already at hand (no model, no config, no extra forward pass):
                          share of plain REINFORCE's (b = 0). < 1: the baseline helps.
     baseline/reward_var, baseline/adv_var   var(r) and var(r - b), so the ratio's parts can
                          be read when var(r) is zero.
+    baseline/right_frac, baseline/right_tied_frac   for a 0/1 (verifiable) reward: the share
+                         of samples that are right (r = 1), and of samples that are right
+                         beside a right greedy answer (r = b = 1: advantage 0, no signal;
+                         a wrong sample there gets -1, a right one beside a wrong greedy
+                         answer +1). right_tied_frac / right_frac is the zero-advantage
+                         share of the right samples. Both are shares of the batch, logged
+                         whatever the reward (so every rank logs the same keys), and
+                         meaningless for a reward that is not 0/1.
 
 Variances are population variances (divide by N); the ratio and the correlation do not
 depend on that choice.
@@ -47,7 +55,7 @@ def baseline_diagnostics(rewards: torch.Tensor, baselines: torch.Tensor) -> dict
         raise ValueError(f"rewards and baselines must have the same non-zero length, got {tuple(r.shape)} and {tuple(b.shape)}")
     adv = r - b  # (N,)
     var_r, var_b, var_adv = _var(r), _var(b), _var(adv)
-    return {
+    out = {
         "baseline/win_frac": float((r > b).double().mean()),
         "baseline/tie_frac": float((r == b).double().mean()),
         "baseline/corr": _corr(r, b, var_r, var_b),
@@ -55,6 +63,10 @@ def baseline_diagnostics(rewards: torch.Tensor, baselines: torch.Tensor) -> dict
         "baseline/reward_var": var_r,
         "baseline/adv_var": var_adv,
     }
+    right = r == 1.0
+    out["baseline/right_frac"] = float(right.double().mean())
+    out["baseline/right_tied_frac"] = float((right & (b == 1.0)).double().mean())
+    return out
 
 
 def _var(x: torch.Tensor) -> float:
