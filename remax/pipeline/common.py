@@ -20,6 +20,7 @@ ranks (DDP averages gradients over W ranks, hence each rank divides by count / W
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -30,7 +31,7 @@ from typing import Any, Literal, Optional, Protocol
 
 import torch
 
-from remax.config import ConfigError
+from remax.config import ConfigError, save_config
 from remax.data import DataError, PromptSampler
 from remax.trainer.checkpoint import RunState, atomic_dir, save_pretrained_dir, seed_everything
 from remax.trainer.distributed import AccelerateDist, Dist, launched_world
@@ -167,6 +168,28 @@ def total_steps(c: SupervisedConfig, n_train: int) -> int:
     return c.steps or c.epochs * (n_train // c.batch_size)
 
 
+# Fields a resumed run may change (besides output_dir / overwrite / resume): they do not
+# change what a step computes. steps too, under a constant schedule (its horizon is steps).
+RESUMABLE = ("micro_batch_size", "save_every", "keep_last", "progress", "eval_every", "device")
+
+
+def resumable_view(c: SupervisedConfig) -> SupervisedConfig:
+    """`c` for `remax.trainer.resume.check_same_run` (which knows `remax train`'s sections):
+    when resuming, the RESUMABLE fields are set back to the checkpoint's values, so any
+    other changed field is refused, naming it. `c` itself when starting fresh."""
+    import yaml
+
+    from remax.trainer.resume import find_checkpoint
+
+    checkpoint = find_checkpoint(c)
+    saved_file = checkpoint / "config.yaml" if checkpoint is not None else None
+    if saved_file is None or not saved_file.is_file():
+        return c
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    keys = RESUMABLE + (("steps",) if c.lr_schedule == "constant" else ())
+    return dataclasses.replace(c, **{k: saved[k] for k in keys if k in saved})
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -205,7 +228,10 @@ class Run:
         """Run, or continue, to the last step; write metrics, checkpoints and final/."""
         parts = persist.Parts(self.model, self.tokenizer, None, self.optimizers, self.schedulers, self.dist.precision)
         with run_lock(self.out, self.dist):
-            resumed = persist.start(self.config, self.out, parts, self.sampler, dist=self.dist, metrics=self.metrics)
+            probe = resumable_view(self.config)  # the trainer's same-run check, with this command's free fields
+            resumed = persist.start(probe, self.out, parts, self.sampler, dist=self.dist, metrics=self.metrics)
+            if probe is not self.config:
+                self.dist.main_only(save_config, self.config, self.out / "config.yaml")
             self.state = resumed or self.state
             bar = _progress(self.steps, self.config.progress and self.dist.is_main, self.state.step, self.task.name)
             try:
