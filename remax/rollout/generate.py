@@ -2,11 +2,14 @@
 
 ReMax (Li et al., arXiv 2310.10505, Algorithm 1) needs, for every prompt x, samples
 a ~ pi(.|x) and the greedy response a_bar = argmax-decode pi(.|x) from the same weights.
-`generate_rollout` produces both in ONE `model.generate` call: each prompt is repeated n
-times for the samples, the B prompts are appended once more as greedy rows, and a
-logits processor forces those rows to argmax decoding while the sampled rows follow the
-temperature / top-p / top-k given. One call means one prefill and one decode loop for
-the whole batch, instead of two passes.
+`generate_rollout` produces both in one decode loop. The default decoder
+(`remax.rollout.decode`, `rollout.hf_decoder fast`) prefills each prompt once, shares its
+KV cache with its n sampled rows and its greedy row, and drops rows from the batch as they
+end. The reference decoder (`generate`) is ONE `model.generate` call: each prompt is
+repeated n times for the samples, the B prompts are appended once more as greedy rows,
+and a logits processor forces those rows to argmax decoding while the sampled rows follow
+the temperature / top-p / top-k given. Both give the same greedy rows token for token
+and the same sampling distribution.
 
 Departures from the paper and pitfalls avoided:
 - the greedy baseline is forced to argmax by a processor, not by hoping the decoding
@@ -14,8 +17,8 @@ Departures from the paper and pitfalls avoided:
 - the greedy rows start from the prompt alone, never from prompt + sampled response;
 - n > 1 samples share one greedy row per prompt (the layout is documented on `Rollout`).
 
-This is the only place that calls `generate`: a vLLM backend can plug in behind
-`generate_rollout` with the same signature and return the same `Rollout`.
+This is the only place that decodes with the policy in-process: a vLLM backend can plug
+in behind `generate_rollout` with the same signature and return the same `Rollout`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from remax.algos.masks import response_mask as make_response_mask
+from remax.rollout.decode import decode_shared_prefix
+
+DECODERS = ("fast", "generate")  # rollout.hf_decoder
 
 
 @dataclass
@@ -253,13 +259,20 @@ def generate_rollout(
     top_k: int = 0,
     eos_token_id: int | Sequence[int],
     pad_token_id: int,
+    decoder: str = "fast",
 ) -> Rollout:
     """Sample n responses per prompt and, if `greedy`, one argmax response per prompt.
 
     prompt_ids, prompt_mask: (B, P) left-padded. top_k=0 disables top-k. Stops at EOS or
     after max_new_tokens. The model runs in eval mode (no dropout) and is restored to
-    its previous train/eval state afterwards. Returns a Rollout on the model's device."""
+    its previous train/eval state afterwards. Returns a Rollout on the model's device.
+
+    decoder: 'fast' (`remax.rollout.decode`: each prompt prefilled once for all its rows,
+    finished rows out of the batch; falls back to `generate` for a model whose cache
+    cannot be shared) or 'generate' (one `model.generate` call, the reference)."""
     _check_args(n, greedy, temperature, top_p, top_k, max_new_tokens)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device).long()
     B = prompt_ids.shape[0]
@@ -271,25 +284,39 @@ def generate_rollout(
     is_greedy_row = torch.arange(all_ids.shape[0], device=device) >= B * n  # (N,)
 
     with eval_mode(model):
-        out = model.generate(
-            input_ids=all_ids,
-            attention_mask=all_mask,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            # 0 switches TopKLogitsWarper off. None works as a kwarg too, but in a GenerationConfig
-            # object None means "unset" and becomes the global default top_k=50
-            top_k=top_k,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id if isinstance(eos_token_id, int) else list(eos_token_id),  # stops on any
-            pad_token_id=pad_token_id,
-            logits_processor=LogitsProcessorList([FiniteLogitsCheck(), ArgmaxRowsProcessor(is_greedy_row)]),
-            **_NEUTRAL_GENERATE_KWARGS,
-        )  # (N, P+R)
-
-    response_ids = out[:, all_ids.shape[1] :]  # (N, R), R <= max_new_tokens
+        response_ids = None
+        if decoder == "fast":
+            response_ids = decode_shared_prefix(
+                model, prompt_ids, prompt_mask, n=n, greedy=greedy, max_new_tokens=max_new_tokens,
+                temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id)  # (N, R), or None: this model's cache cannot be shared
+        if response_ids is None:
+            response_ids = _generate(model, all_ids, all_mask, is_greedy_row, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, top_p=top_p, top_k=top_k,
+                                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     mask = make_response_mask(response_ids, eos_token_id)  # (N, R) float32
     # generate already pads finished rows; enforce it so other backends match exactly
     response_ids = response_ids.masked_fill(mask == 0, pad_token_id)
     return Rollout(all_ids, all_mask, response_ids, mask, num_prompts=B, n=n, has_greedy=greedy)
+
+
+def _generate(model, all_ids, all_mask, is_greedy_row, *, max_new_tokens, temperature, top_p, top_k, eos_token_id,
+              pad_token_id) -> torch.Tensor:
+    """(N, P) rows in Rollout's layout -> (N, R) response ids from ONE `model.generate` call."""
+    out = model.generate(
+        input_ids=all_ids,
+        attention_mask=all_mask,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        # 0 switches TopKLogitsWarper off. None works as a kwarg too, but in a GenerationConfig
+        # object None means "unset" and becomes the global default top_k=50
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id if isinstance(eos_token_id, int) else list(eos_token_id),  # stops on any
+        pad_token_id=pad_token_id,
+        logits_processor=LogitsProcessorList([FiniteLogitsCheck(), ArgmaxRowsProcessor(is_greedy_row)]),
+        **_NEUTRAL_GENERATE_KWARGS,
+    )  # (N, P+R)
+    return out[:, all_ids.shape[1] :]  # (N, R), R <= max_new_tokens
 
