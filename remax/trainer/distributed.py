@@ -28,8 +28,9 @@ Only rank 0 writes (config, metrics, checkpoints, final/); every rank's RNG stat
 gathered into the checkpoint. FSDP and DeepSpeed ZeRO-3 weights are consolidated with
 `Accelerator.get_state_dict` for final/ and checkpoints; rollouts run under
 `summon_full_params` (FSDP) or `GatheredParameters` (ZeRO-3), as TRL's
-`unwrap_model_for_generation` does. Only DDP (gloo, CPU) is exercised in this
-project's tests; FSDP and DeepSpeed need GPUs and were not run here.
+`unwrap_model_for_generation` does. DDP (gloo, CPU) is exercised in this project's
+tests, and DeepSpeed ZeRO-3 where deepspeed is installed (CPU, gloo: remax/trainer/zero.py
+says what that takes); FSDP was not run here.
 """
 
 from __future__ import annotations
@@ -190,7 +191,10 @@ class AccelerateDist(Dist):
         from accelerate.utils import DistributedType
 
         # accelerate's own mixed precision stays off: the run's is train.mixed_precision (Dist.precision)
-        self.acc = Accelerator(cpu=config.model.device == "cpu" or not torch.cuda.is_available(), mixed_precision="no")
+        from remax.trainer.zero import accelerator_kwargs
+
+        # DeepSpeed on CPU needs cpu=False and gloo named (remax/trainer/zero.py); DDP otherwise on CPU
+        self.acc = Accelerator(mixed_precision="no", **accelerator_kwargs(config))
         self.kind = self.acc.distributed_type
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
@@ -211,6 +215,10 @@ class AccelerateDist(Dist):
         if self.deepspeed and t.micro_batch_size < rows:
             raise ConfigError(f"DeepSpeed steps inside backward: set --train.micro_batch_size to at least {rows} "
                               "(this rank's rows) so that each optimizer step has one backward")
+        if self.deepspeed:
+            from remax.trainer.zero import configure
+
+            configure(self.acc, rows)
 
     def device(self, default: torch.device) -> torch.device:
         return self.acc.device if default.type == "cuda" else default
@@ -232,6 +240,10 @@ class AccelerateDist(Dist):
 
     def wrap(self, models: dict[str, Any], optimizers: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         wrapped_opts = dict(optimizers)
+        if self.deepspeed:
+            from remax.trainer.zero import check_trained
+
+            check_trained(models)
         for name, model in models.items():
             if model is None:
                 continue
@@ -255,8 +267,8 @@ class AccelerateDist(Dist):
 
     def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         norm = self.acc.clip_grad_norm_(params, max_norm)
-        # DeepSpeed clips inside its own step (gradient_clipping in its config) and returns None
-        return torch.zeros(()) if norm is None else norm
+        # DeepSpeed clips inside its own step (gradient_clipping in its config): its norm as a float, or None
+        return torch.zeros(()) if norm is None else torch.as_tensor(norm, dtype=torch.float32)
 
     @contextlib.contextmanager
     def rollout_rng(self, seed: int, step: int) -> Iterator[None]:
