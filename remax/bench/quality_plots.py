@@ -27,7 +27,7 @@ def _plt():
     return plt
 
 
-def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, label: str = "VADER") -> Path:
     """2 x 2: training reward and KL against steps (top) and wall seconds (bottom); the
     seed mean of each algorithm's smoothed curve with its min-max band."""
     plt = _plt()
@@ -44,7 +44,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
                 ax.plot(x, mean, color=f"C{i}", label=algo)
                 ax.fill_between(x, lo, hi, color=f"C{i}", alpha=0.15)
     for row, xlabel in enumerate(("step", "wall seconds (seed mean)")):
-        axes[row][0].set(xlabel=xlabel, ylabel="training reward (VADER)")
+        axes[row][0].set(xlabel=xlabel, ylabel=f"training reward ({label})")
         axes[row][1].set(xlabel=xlabel, ylabel="KL to reference (nats/token)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"training batches, mean and min-max over seeds, moving average of {SMOOTH} steps")
@@ -92,8 +92,55 @@ def plot_gradvar(rows: list[dict[str, Any]], path: Path) -> Path:
     return _save(fig, plt, path)
 
 
+def plot_heldout(raw: dict[str, Any], path: Path, label: str = "reward") -> Path:
+    """Held-out reward (sampled: solid, greedy: dashed) of every algorithm's seed mean against
+    steps and against generated tokens (every decoded token, ReMax's greedy rows included),
+    with the min-max over seeds of the sampled reward."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (algo, p) in enumerate(raw["summary"]["per_algo"].items()):
+        curve, runs = p["curve"], raw["runs"][algo]
+        lo = [min(r["evals"][j]["reward"] for r in runs) for j in range(len(curve))]
+        hi = [max(r["evals"][j]["reward"] for r in runs) for j in range(len(curve))]
+        for ax, x in zip(axes, ("step", "gen_tokens")):
+            xs = [e[x] for e in curve]
+            ax.plot(xs, [e["reward"] for e in curve], "o-", color=f"C{i}", label=f"{algo} sampled")
+            ax.plot(xs, [e["greedy_reward"] for e in curve], "s--", color=f"C{i}", alpha=0.7, label=f"{algo} greedy")
+            ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.12)
+    axes[0].set(xlabel="step", ylabel=f"held-out {label}")
+    axes[1].set(xlabel="generated tokens (greedy rows included)", ylabel=f"held-out {label}")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("held-out, seed mean (band: min-max of the sampled figure over seeds)")
+    return _save(fig, plt, path)
+
+
+def plot_overoptimisation(curves: dict[str, list[dict[str, float]]], path: Path, title: str = "") -> Path:
+    """Gold and proxy held-out reward against the KL to the reference along training (Gao et
+    al. 2022, arXiv 2210.10760, Fig. 1 with KL per token on the x axis): proxy solid, gold
+    dashed, one colour per curve name."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    gold_ax = ax.twinx()
+    for i, (name, curve) in enumerate(curves.items()):
+        kl = [e["kl"] for e in curve]
+        ax.plot(kl, [e["reward"] for e in curve], "o-", color=f"C{i}", label=f"{name}: proxy RM")
+        gold_ax.plot(kl, [e["gold_reward"] for e in curve], "s--", color=f"C{i}", label=f"{name}: gold (VADER)")
+    ax.set(xlabel="held-out KL to the pretrained model (nats/token)", ylabel="proxy reward (solid)",
+           title=title or "over-optimisation: proxy and gold reward against KL")
+    gold_ax.set_ylabel("gold VADER reward (dashed)")
+    lines = ax.get_legend_handles_labels()
+    more = gold_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="best")
+    return _save(fig, plt, path)
+
+
 def plot_all(raw: dict[str, Any], out: Path) -> list[Path]:
-    paths = [plot_curves(raw["runs"], out / "quality_curves.png"), plot_frontier(raw, out / "quality_frontier.png")]
+    label = raw.get("label", "VADER")
+    paths = [plot_curves(raw["runs"], out / "quality_curves.png", label),
+             plot_frontier(raw, out / "quality_frontier.png"), plot_heldout(raw, out / "quality_heldout.png", label)]
+    per = raw["summary"]["per_algo"]
+    if all("gold_reward" in p for p in per.values()):
+        paths.append(plot_overoptimisation({a: p["curve"] for a, p in per.items()}, out / "quality_overopt.png"))
     if raw["gradvar"]:
         paths.append(plot_gradvar(raw["gradvar"], out / "quality_gradvar.png"))
     return paths
