@@ -8,6 +8,10 @@
    `remax eval`): a table of responses, mean rewards, the trained policy's win rate over
    the pretrained model with its Wilson interval, and the KL on held-out prompts; the
    numbers and the side-by-side samples go to output_dir/eval/.
+
+`remax demo --pipeline` (remax/demo/pipeline.py) runs the paper's whole pipeline instead:
+pairs of the pretrained model's own responses labelled by VADER, a reward model trained on
+them (`remax rm`), ReMax against that proxy, and proxy and gold reward against KL.
 """
 
 from __future__ import annotations
