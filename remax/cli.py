@@ -181,7 +181,9 @@ LAUNCH_HELP = """Launching several processes (launcher flags, read before the co
                         --node_rank. Every node must reach --master_addr:--master_port
   --node_rank R         this node's index, 0..M-1; node 0 holds global rank 0, the only writer
   --master_addr HOST    address of node 0 (required with --nnodes > 1)
-  --master_port P       a free TCP port on node 0 (default 29500)"""
+  --master_port P       a free TCP port on node 0 (default 29500)
+  How the processes share the model: --train.strategy ddp (full weights on each) or fsdp
+  (FSDP2: weights, gradients and Adam moments sharded; sharded checkpoints), see below."""
 
 
 @dataclass(frozen=True)

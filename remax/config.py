@@ -225,6 +225,8 @@ class TrainConfig:
     """Optimizer steps whose loss or gradient is NaN / inf are skipped (weights untouched); stop with a checkpoint after this many in a row."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """Compute precision of every forward (update, reference, critic, reward model, HF rollout) with float32 master weights and Adam states: bf16, fp16 (with a loss scaler), or no; auto is bf16 on CUDA and no on CPU (bf16 pays on CPUs with AMX)."""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Several processes (--num_processes): ddp (full weights on each), fsdp (PyTorch FSDP2: weights, gradients and Adam moments sharded, checkpoints sharded with torch.distributed.checkpoint), or auto (fsdp under accelerate's FSDP config, else ddp, or DeepSpeed under its config). One process ignores it."""
 
 
 @dataclass

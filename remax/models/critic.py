@@ -90,7 +90,7 @@ class ValueModel(nn.Module):
         hidden = self.trunk(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (N, L, H)
-        return self.head(hidden).squeeze(-1).float()  # (N, L)
+        return self.head(hidden).sum(-1).float()  # (N, L): the one column, as a new tensor (FSDP2 warns of a view)
 
 
 def response_values(

@@ -109,7 +109,9 @@ def plain_weights(policy: Any) -> dict[str, torch.Tensor]:
     """name -> tensor as a plain checkpoint names them; LoRA adapters merged in."""
     if hasattr(policy, "peft_config"):
         return merged_state_dict(policy)
-    return {k: v.detach() for k, v in policy.state_dict().items()}
+    from remax.trainer.distributed import full_named_tensors  # an FSDP policy's shards, each gathered whole
+
+    return dict(full_named_tensors(policy))
 
 
 class _KeepRng:
@@ -313,7 +315,7 @@ def policy_cpu_save(policy: Any, path: str) -> None:
 
     model = policy.get_base_model() if hasattr(policy, "peft_config") else policy
     config = copy.deepcopy(model.config)
-    config.architectures = [type(model).__name__]  # how vLLM picks its implementation
+    config.architectures = [type(model).__name__.removeprefix("FSDP")]  # how vLLM picks its implementation
     config.save_pretrained(path)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in plain_weights(policy).items()}
     # tied tensors (GPT-2's lm_head = wte) share memory; safetensors refuses shared storage

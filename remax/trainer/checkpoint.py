@@ -12,10 +12,20 @@ A checkpoint `checkpoints/step-N/` holds
 - `metrics.jsonl`: the run's metrics up to step N, restored on resume so that every
   step appears exactly once.
 
+An FSDP run (`Dist.sharded_checkpoint`) writes no policy/ or critic/ and no optimizer
+states into trainer_state.pt: `sharded/` holds the models' weights and AdamW states as
+torch.distributed.checkpoint (DCP) shards, keyed `policy` / `critic` -> `model` /
+`optimizer`, each rank writing its own `__R_0.distcp` (`write_shards`) and rank 0 the
+`.metadata`; `load_shards` reads them back into the sharded models, bit for bit. (A
+sharded checkpoint's weights as one file: `python -m torch.distributed.checkpoint.format_utils
+dcp_to_torch step-N/sharded model.pt`; `final/` is always one Hugging Face directory.)
+
 It is written into a temporary sibling, fsynced, and renamed; then `checkpoints/latest`
 (a one-line file naming the directory) is replaced. A kill mid-write leaves only a
 dot-named temporary, which is never taken for a checkpoint and is cleaned at the next
-start. A failed write (a full disk) leaves the previous checkpoints as they were.
+start. A failed write (a full disk) leaves the previous checkpoints as they were. The
+shards go first into a temporary of their own (`.step-N.shards.tmp-PID`, every rank
+writing, each file fsynced by DCP), which rank 0 moves into the checkpoint's temporary.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from remax.models.loading import progress_bars
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
+SHARDED = "sharded"  # an FSDP checkpoint's DCP directory
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -180,8 +191,11 @@ def save_checkpoint(
     config_yaml: str = "",
     metrics_jsonl: str = "",
     keep_last: int = 0,
+    shards: Optional[Path] = None,
 ) -> None:
     """Write checkpoint `path` atomically, point `latest` at it, prune to `keep_last`.
+    `shards`: the DCP directory `write_shards` wrote (FSDP), moved in as sharded/ in place
+    of policy/, critic/ and the optimizer states.
 
     If the write fails (a full disk, a lost mount) nothing under a final name changes
     and a RunStopped says so, naming the previous checkpoint that is still intact."""
@@ -189,13 +203,16 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_dir(path) as tmp:
-            save_pretrained_dir(policy, tokenizer, tmp / "policy")
-            if critic is not None:
-                critic.save_pretrained(tmp / "critic")
+            if shards is not None:
+                os.replace(shards, tmp / SHARDED)
+            else:
+                save_pretrained_dir(policy, tokenizer, tmp / "policy")
+                if critic is not None:
+                    critic.save_pretrained(tmp / "critic")
             torch.save(
                 {
                     "run_state": asdict(state),
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "optimizers": {} if shards is not None else {k: o.state_dict() for k, o in optimizers.items()},
                     "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                     "precision": precision,  # train.mixed_precision and fp16's loss-scaler state (or None)
                 },
@@ -205,13 +222,61 @@ def save_checkpoint(
             (tmp / "metrics.jsonl").write_text(metrics_jsonl)
         write_text_atomic(path.parent / LATEST, path.name + "\n")
     except Exception as err:  # OSError, or the serializers' own errors wrapping one (a full disk)
-        previous = latest_checkpoint(path.parent)
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise RunStopped(
-            f"could not write checkpoint {path} ({reason}); {kept}; free space, then rerun with --resume auto"
-        ) from err
+        raise write_failed(path, err) from err
     prune_checkpoints(path.parent, keep_last)
+
+
+def write_failed(path: Path, err: BaseException) -> RunStopped:
+    """The one line for a checkpoint that could not be written; the previous one is named."""
+    previous = latest_checkpoint(path.parent)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    return RunStopped(f"could not write checkpoint {path} ({reason}); {kept}; free space, then rerun with --resume auto")
+
+
+def _dcp_states(models: dict[str, Any], optimizers: dict[str, Any]) -> dict[str, Any]:
+    """name -> {model, optimizer}: torch.distributed.checkpoint's state dicts (FSDP2 shards as
+    DTensors, optimizer states keyed by parameter name), the tree DCP saves and loads in place."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    states = {}
+    for name, model in models.items():
+        if model is not None:
+            model_sd, optim_sd = get_state_dict(model, optimizers[name])
+            states[name] = {"model": model_sd, "optimizer": optim_sd}
+    return states
+
+
+def write_shards(path: Path, models: dict[str, Any], optimizers: dict[str, Any], tag: int) -> Path:
+    """Every rank at once: the models' and optimizers' shards of checkpoint `path` into the
+    temporary `.step-N.shards.tmp-TAG` beside it (`tag`: rank 0's pid, the same on every
+    rank), for rank 0's save_checkpoint(shards=...) to move in. A failed write is one
+    RunStopped on every rank (DCP gathers the ranks' errors)."""
+    import torch.distributed.checkpoint as dcp
+
+    staging = Path(path).parent / f".{Path(path).name}.shards.tmp-{tag}"
+    try:
+        dcp.save(_dcp_states(models, optimizers), checkpoint_id=staging)
+    except Exception as err:
+        raise write_failed(Path(path), err) from err
+    return staging
+
+
+def load_shards(directory: Path, models: dict[str, Any], optimizers: dict[str, Any]) -> None:
+    """A checkpoint's sharded/ back into the (sharded) models and their optimizers, in place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    states = _dcp_states(models, optimizers)
+    try:
+        dcp.load(states, checkpoint_id=directory)
+    except Exception as err:  # a missing or truncated shard file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise InputError(f"checkpoint {str(Path(directory).parent)!r} is corrupt ({SHARDED}/: {reason}); pass an "
+                         "earlier checkpoint to --resume PATH (checkpoints/step-N), or start again") from None
+    for name, state in states.items():
+        set_state_dict(models[name], optimizers[name], model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
 
 
 def checkpoint_steps(checkpoints: Path) -> dict[int, Path]:
@@ -249,8 +314,8 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     hint = "pass another checkpoint to --resume (or --resume auto)"
     if not path.is_dir():
         raise InputError(f"checkpoint {str(path)!r} not found; {hint}")
-    if not (path / STATE_FILE).is_file() or not (path / "policy").is_dir():
-        raise InputError(f"{str(path)!r} is not a complete checkpoint (no {STATE_FILE} or policy/); {hint}")
+    if not (path / STATE_FILE).is_file() or not ((path / "policy").is_dir() or (path / SHARDED).is_dir()):
+        raise InputError(f"{str(path)!r} is not a complete checkpoint (no {STATE_FILE}, or no policy/ or {SHARDED}/); {hint}")
     try:
         return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
     except Exception as err:  # truncated zip, wrong format, unsafe pickle: all "corrupt" to a user

@@ -1,13 +1,23 @@
 """Several processes behind one small interface: `Dist`. In one process it does nothing.
 
+    remax train --num_processes 2 --config run.yaml                          # DDP (gloo on CPU, NCCL on GPUs)
+    remax train --num_processes 8 --train.strategy fsdp --config run.yaml    # FSDP2: weights, grads, Adam sharded
     accelerate launch --config_file configs/accelerate/ddp.yaml -m remax train --config run.yaml
 
 The loop calls a `Dist` at a few seams (which rows this rank rolls out, the loss
-normalisers, the training forward's context, backward, gradient clipping, metrics, who writes) and never asks how many
-processes there are. `Dist` (one process) is the identity everywhere; `AccelerateDist`
-(started by `accelerate launch` or `torchrun`) hands the policy and PPO's critic to
-accelerate's `Accelerator`, which wraps them in DDP, FSDP or a DeepSpeed engine as the
-accelerate config file says: remax does not implement the distributed engine itself.
+normalisers, the training forward's context, backward, gradient clipping, metrics, who
+writes, what a checkpoint holds) and never asks how many processes there are or how the
+weights are laid out. `Dist` (one process) is the identity everywhere. Several processes
+(`accelerate launch` or `torchrun`) get one of two:
+- `AccelerateDist` hands the policy and PPO's critic to accelerate's `Accelerator`, which
+  wraps them in DDP (or a DeepSpeed engine under a DeepSpeed accelerate config);
+- `FSDPDist` (`--train.strategy fsdp`, or `auto` under configs/accelerate/fsdp.yaml) shards
+  them with PyTorch's FSDP2 `fully_shard` itself: each decoder block (the classes a
+  Hugging Face model lists in `_no_split_modules`) is one unit, the rest of the model the
+  root unit. Why not accelerate's FSDP2 plugin: accelerate 1.16 turns an FSDP config into
+  FSDP only for GPU-type launches; on CPU (`Accelerator(cpu=True)`, gloo) it silently
+  stays DDP (distributed_type MULTI_CPU, checked on this machine), and remax's CI is CPU.
+  One FSDP code path for CPU and GPU is the one the tests run.
 
 Why several ranks give the gradient of one process with the whole batch:
 - every rank's PromptSampler draws the same global batch (same seed, same order);
@@ -17,20 +27,25 @@ Why several ranks give the gradient of one process with the whole batch:
 - each loss is a sum over tokens (or sequences) divided by a count
   (`remax/algos/aggregation.py`). The counts are all-reduced, so rank r's loss is its
   share S_r / N of the global loss and the wanted gradient is sum_r grad(S_r) / N. DDP,
-  FSDP and DeepSpeed AVERAGE gradients over the W ranks, so each rank divides by N / W
-  instead: mean_r(W * grad(S_r) / N) = sum_r grad(S_r) / N;
+  FSDP (its reduce-scatter) and DeepSpeed AVERAGE gradients over the W ranks, so each
+  rank divides by N / W instead: mean_r(W * grad(S_r) / N) = sum_r grad(S_r) / N;
 - PPO's advantage whitening uses the global mean and variance (all-reduced sums).
 Sampling noise: in several processes rank r draws its rollout from a generator seeded
 with (seed, step, r), so ranks never share noise and a resumed run redraws the same
 samples. (One process keeps its single RNG stream, as before.)
 
-Only rank 0 writes (config, metrics, checkpoints, final/); every rank's RNG states are
-gathered into the checkpoint. FSDP and DeepSpeed ZeRO-3 weights are consolidated with
-`Accelerator.get_state_dict` for final/ and checkpoints; rollouts run under
-`summon_full_params` (FSDP) or `GatheredParameters` (ZeRO-3), as TRL's
-`unwrap_model_for_generation` does. DDP (gloo, CPU) is exercised in this project's
-tests, and DeepSpeed ZeRO-3 where deepspeed is installed (CPU, gloo: remax/trainer/zero.py
-says what that takes); FSDP was not run here.
+Full weights where they are needed (FSDP): the rollout runs with every unit unsharded
+once (`generation`: one all-gather per unit, kept for the whole generate, so ranks whose
+responses end at different lengths run no collective in between); the vLLM push gathers
+each tensor whole (`full_named_tensors`); `final/` is written from the full state dict
+gathered on rank 0 (`full_state_dict`). Checkpoints of an FSDP run are sharded
+(`sharded_checkpoint`): each rank writes its own shards of the weights and Adam moments
+with torch.distributed.checkpoint (remax/trainer/checkpoint.py).
+
+Only rank 0 writes config, metrics and final/ (and a checkpoint's run state, gathered:
+every rank's RNG states); with FSDP every rank writes its shards of a checkpoint.
+DDP and FSDP run in this project's tests (CPU, gloo), and DeepSpeed ZeRO-3 where deepspeed is
+installed (CPU, gloo: remax/trainer/zero.py says what that takes).
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
+from torch import nn
 
 from remax.config import ConfigError
 from remax.trainer.precision import Precision
@@ -87,6 +103,9 @@ class Dist:
 
     rank, world, is_main = 0, 1, True
     precision: Precision = Precision()  # the run's compute precision (remax/trainer/precision.py); set_precision
+    # checkpoints hold the models' and optimizers' states as torch.distributed.checkpoint shards
+    # (every rank writes its own) instead of a policy/ directory and optimizer states in trainer_state.pt
+    sharded_checkpoint = False
 
     def set_precision(self, precision: Precision) -> None:
         self.precision = precision
@@ -152,8 +171,8 @@ class Dist:
         return rng["ranks"][0] if "ranks" in rng else rng
 
     def full_state_dict(self, name: str) -> Optional[dict[str, torch.Tensor]]:
-        """Consolidated weights of a sharded model (all ranks must call); None when the
-        model object already holds them (one process, DDP)."""
+        """Consolidated weights of a sharded model (all ranks must call; rank 0 gets them);
+        None when the model object already holds them (one process, DDP)."""
         return None
 
     def output_path(self, path: Path) -> Path:
@@ -184,7 +203,7 @@ class Dist:
 
 
 class AccelerateDist(Dist):
-    """Several processes through accelerate (DDP / FSDP / DeepSpeed from its config)."""
+    """Several processes through accelerate: DDP, or DeepSpeed from its config (FSDP is `FSDPDist`)."""
 
     def __init__(self, config: Any) -> None:
         from accelerate import Accelerator
@@ -198,8 +217,10 @@ class AccelerateDist(Dist):
         self.kind = self.acc.distributed_type
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
-        self.sharded = self.kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        self.deepspeed = self.kind == DistributedType.DEEPSPEED
+        if self.kind == DistributedType.FSDP:  # only with --train.strategy ddp under an FSDP accelerate config
+            raise ConfigError("--train.strategy ddp contradicts the accelerate config's FSDP; pass --train.strategy "
+                              "fsdp (or auto), or launch with configs/accelerate/ddp.yaml")
+        self.deepspeed = self.sharded = self.kind == DistributedType.DEEPSPEED
         self.trained: dict[str, Any] = {}
         self._check(config)
 
@@ -209,8 +230,8 @@ class AccelerateDist(Dist):
         t = config.train
         check_world(config, self.world)  # the CLI checked it before launching; a bare torchrun comes here
         if self.sharded and (config.log.save_every or config.resume):
-            raise ConfigError("checkpoints and --resume need DDP for now (FSDP / DeepSpeed optimizer shards are "
-                              "not saved); set --log.save_every 0 and no --resume, or launch with configs/accelerate/ddp.yaml")
+            raise ConfigError("checkpoints and --resume need DDP or FSDP (DeepSpeed's optimizer shards are not "
+                              "saved); set --log.save_every 0 and no --resume, or launch with --train.strategy fsdp")
         rows = t.batch_size // self.world * config.rollout.n_samples
         if self.deepspeed and t.micro_batch_size < rows:
             raise ConfigError(f"DeepSpeed steps inside backward: set --train.micro_batch_size to at least {rows} "
@@ -283,11 +304,6 @@ class AccelerateDist(Dist):
             import deepspeed
 
             return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-        if self.sharded and model is not None:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            if isinstance(model, FSDP):
-                return FSDP.summon_full_params(model, writeback=False, recurse=True)
         return contextlib.nullcontext()
 
     def gather_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -341,6 +357,130 @@ class AccelerateDist(Dist):
         self.acc.wait_for_everyone()
 
 
+class FSDPDist(AccelerateDist):
+    """Several processes, each trained model sharded with PyTorch's FSDP2 (`fully_shard`).
+
+    accelerate still starts the processes and picks the device (its FSDP switch is taken
+    out of the environment while it does: remax shards the models itself, see the module
+    docstring). The models stay the objects the Trainer holds (fully_shard swaps their
+    parameters for DTensor shards in place), so `wrap` re-points each optimizer at the new
+    parameters, by name, before it has any state."""
+
+    sharded_checkpoint = True
+
+    def __init__(self, config: Any) -> None:
+        self.units: dict[str, list[nn.Module]] = {}  # name -> its FSDP units, the root last
+        saved = os.environ.pop("ACCELERATE_USE_FSDP", None)  # a DDP-type Accelerator: the process group and device
+        try:
+            super().__init__(config)
+        finally:
+            if saved is not None:
+                os.environ["ACCELERATE_USE_FSDP"] = saved
+        self.sharded = True
+
+    def _check(self, config: Any) -> None:
+        from remax.trainer.validate import check_world
+
+        check_world(config, self.world)  # with check_fsdp (the CLI checked both before launching)
+        check_fsdp(config)  # again: under --train.strategy auto, FSDP came from accelerate's config
+
+    def wrap(self, models: dict[str, Any], optimizers: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        for name, model in models.items():
+            if model is None:
+                continue
+            names = {id(p): n for n, p in model.named_parameters()}
+            self.units[name] = shard_model(model)
+            now = dict(model.named_parameters())  # the DTensor shards, under the same names
+            for group in optimizers[name].param_groups:
+                group["params"] = [now[names[id(p)]] for p in group["params"]]
+            self.trained[name] = model
+        return dict(models), optimizers
+
+    def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Each micro-batch's backward reduce-scatters its gradients into the shards (FSDP's
+        no_sync would keep full-size unsharded gradients until the last one: the memory FSDP saves)."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.precision.scale(loss).backward()  # fully_shard's hooks reduce-scatter (averaging over ranks)
+
+    def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor
+
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # the global norm over every rank's shards
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+    @contextlib.contextmanager
+    def generation(self, name: str) -> Iterator[None]:
+        """The model's full parameters on every rank for the whole rollout: each unit is
+        all-gathered once here (every rank at the same point of the step) and kept
+        unsharded across generate's forwards, so a rank whose responses end early runs no
+        collective the others would wait on; resharded (freed) afterwards."""
+        units = self.units.get(name)
+        if not units:
+            yield
+            return
+        for unit in units:
+            unit.unshard()
+            unit.set_reshard_after_forward(False, recurse=False)
+        try:
+            yield
+        finally:
+            root = units[-1]
+            for unit in units:
+                unit.set_reshard_after_forward(unit is not root, recurse=False)  # fully_shard's defaults
+                unit.reshard()
+
+    def full_state_dict(self, name: str) -> Optional[dict[str, torch.Tensor]]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        if name not in self.trained:
+            return None
+        # gathered tensor by tensor into rank 0's CPU memory; the other ranks get {}
+        return get_model_state_dict(self.trained[name], options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def check_fsdp(config: Any) -> None:
+    """What --train.strategy fsdp cannot run: one ConfigError line naming the fix."""
+    if config.train.mixed_precision == "fp16":
+        raise ConfigError("--train.strategy fsdp runs fp32 or --train.mixed_precision bf16: fp16's loss scaler "
+                          "would find overflows shard by shard; use bf16 (or no), or --train.strategy ddp for fp16")
+
+
+def block_classes(model: nn.Module) -> set[str]:
+    """The class names of a model's repeated blocks: what its Hugging Face models list in
+    `_no_split_modules` (GPT2Block, Qwen2DecoderLayer, ...); empty for other modules."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def shard_model(model: nn.Module) -> list[nn.Module]:
+    """fully_shard every block of `model`, then `model` itself (its embeddings, final norm,
+    head, and for PPO's critic the value head); returns the units, the root last."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = block_classes(model)
+    units = [m for m in model.modules() if m is not model and type(m).__name__ in blocks]
+    for unit in units:
+        fully_shard(unit)
+    fully_shard(model)
+    return units + [model]
+
+
+def full_named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for each entry of `module.state_dict()`: an FSDP shard (a DTensor)
+    is all-gathered whole, every other tensor passes as it is. With FSDP every rank must
+    run it to the end, in step (each gather is a collective, in the state dict's order).
+    Used by the vLLM push (remax/rollout/vllm.py): an engine needs whole tensors, and the
+    local shards of a sharded policy would load a different model."""
+    from torch.distributed.tensor import DTensor
+
+    for name, tensor in module.state_dict().items():
+        yield name, (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
+
+
 _SUMMED = {"perf/tokens_per_s"}
 
 
@@ -352,10 +492,28 @@ def launched_world() -> int:
     return 1
 
 
+def resolve_strategy(strategy: str) -> str:
+    """`train.strategy` -> 'fsdp' or 'ddp' ('ddp': accelerate's choice, which is DeepSpeed under
+    a DeepSpeed accelerate config). auto: 'fsdp' under an FSDP accelerate config
+    (`accelerate launch --config_file configs/accelerate/fsdp.yaml` sets ACCELERATE_USE_FSDP)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--train.strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
+    return strategy
+
+
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
 def make_dist(config: Any) -> Dist:
-    """`AccelerateDist` under a multi-process launcher, else the one-process `Dist`."""
-    return AccelerateDist(config) if launched_world() > 1 else Dist()
+    """Under a multi-process launcher `FSDPDist` (train.strategy fsdp) or `AccelerateDist`;
+    else the one-process `Dist` (the strategy does not matter to one process)."""
+    if launched_world() == 1:
+        return Dist()
+    return FSDPDist(config) if resolve_strategy(config.train.strategy) == "fsdp" else AccelerateDist(config)
 
 
-__all__ = ["AccelerateDist", "Dist", "global_normalisers", "launched_world", "make_dist", "masked_whiten_global",
-           "rank_seed", "shard_bounds"]
+__all__ = ["AccelerateDist", "Dist", "FSDPDist", "STRATEGIES", "block_classes", "check_fsdp", "full_named_tensors",
+           "global_normalisers", "launched_world", "make_dist", "masked_whiten_global", "rank_seed",
+           "resolve_strategy", "shard_bounds", "shard_model"]

@@ -144,8 +144,22 @@ class NonFiniteModel(RemaxError):
 
 
 def _finite(params: list[torch.Tensor]) -> bool:
-    """All of `params` finite, in one device sync: the max |p| of each, stacked."""
-    params = [p.detach() for p in params if p.numel()]
+    """All of `params` finite, in one device sync: the max |p| of each, stacked. FSDP shards
+    (DTensors): each rank checks its own shard and the verdict is all-reduced (the minimum),
+    so every rank takes the same decision."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = next((p for p in params if isinstance(p, DTensor)), None)
+    local = [(p.to_local() if isinstance(p, DTensor) else p).detach() for p in params]
+    finite = _local_finite([p for p in local if p.numel()])
+    if sharded is None:
+        return finite
+    verdict = torch.tensor([float(finite)], device=sharded.to_local().device)
+    torch.distributed.all_reduce(verdict, op=torch.distributed.ReduceOp.MIN, group=sharded.device_mesh.get_group())
+    return bool(verdict.item())
+
+
+def _local_finite(params: list[torch.Tensor]) -> bool:
     if not params:
         return True
     try:

@@ -16,7 +16,10 @@ reward's failure handling may change, and so may train.steps under a constant lr
 schedule (a cosine or linear schedule's horizon is train.steps: changing it would move
 the lr mid-run, so it is refused). The process count must stay the same
 (`check_same_world`): each rank's rollout RNG stream, prompt shard and minibatch order
-depend on it.
+depend on it. (torch.distributed.checkpoint could reshard an FSDP checkpoint's weights to
+another count, but the continuation would not be the same run, so it is refused too.) And
+so must the layout (`check_same_layout`): an FSDP checkpoint's sharded/ loads into an
+FSDP run, a policy/ directory into a one-process or DDP run.
 """
 
 from __future__ import annotations
@@ -109,6 +112,20 @@ def check_same_world(checkpoint: Path, saved_world: int, world: int) -> None:
             f"cannot resume {checkpoint} on {world} process(es): it was saved by {saved_world}, and each rank's "
             f"RNG stream, prompt shard and minibatch order depend on the count; launch {saved_world} process(es), "
             "or start a new run in another --output_dir"
+        )
+
+
+def check_same_layout(checkpoint: Path, sharded: bool) -> None:
+    """ConfigError when an FSDP checkpoint (sharded/) meets a run without FSDP, or the reverse."""
+    from remax.trainer.checkpoint import SHARDED
+
+    written = (checkpoint / SHARDED).is_dir()
+    if written != sharded:
+        was = f"an FSDP run ({SHARDED}/ shards)" if written else "a run without FSDP (policy/ weights)"
+        now = "without FSDP" if written else "with --train.strategy fsdp"
+        raise ConfigError(
+            f"cannot resume {checkpoint} {now}: it was written by {was}; launch with --train.strategy "
+            f"{'fsdp' if written else 'ddp'}, or start a new run in another --output_dir"
         )
 
 

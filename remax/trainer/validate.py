@@ -242,6 +242,10 @@ def check_world(config: Config, world: int) -> None:
     if world > 1 and t.batch_size % world:
         raise ConfigError(f"--train.batch_size {t.batch_size} does not split over {world} processes; "
                           f"make it a multiple of {world}")
+    if world > 1 and getattr(t, "strategy", "ddp") == "fsdp":  # remax sft / rm hand over no strategy
+        from remax.trainer.distributed import check_fsdp
+
+        check_fsdp(config)
 
 
 def preflight(config: Config, world: int = 1) -> None:

@@ -43,12 +43,17 @@ def _env() -> dict[str, str]:
     return env
 
 
+def ranks_command(worker: Path, mode: str, tok_dir: Path, out: Path) -> list[str]:
+    """`worker MODE TOK_DIR OUT` on 2 gloo processes (torchrun on a free local port)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), str(worker), mode, str(tok_dir), str(out)]
+
+
 def run_ranks_and_reference(worker: Path, tokenizer, out: Path, timeout: int) -> None:
     """`worker ranks` on 2 gloo processes (torchrun) and `worker reference` in one process,
     side by side (3 processes, about the wall time of the slower), both writing into `out`."""
     tokenizer.save_pretrained(out / "tok")
-    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-             "--master_port", str(free_port()), str(worker), "ranks", str(out / "tok"), str(out)]
+    ranks = ranks_command(worker, "ranks", out / "tok", out)
     one = [sys.executable, str(worker), "reference", str(out / "tok"), str(out)]
     procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for cmd in (ranks, one)]

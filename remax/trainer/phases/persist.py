@@ -6,11 +6,15 @@ position and every RNG. `save_checkpoint` writes one (every rank's RNG streams g
 rank 0 writing, atomically: `remax/trainer/checkpoint.py`); `start` restores the
 weights, optimizer and scheduler states and the RunState from one before the first
 step, so a resumed run is bitwise the run that was never stopped. What a checkpoint
-holds beyond the RunState is a `Parts`: the Trainer hands over its current objects."""
+holds beyond the RunState is a `Parts`: the Trainer hands over its current objects.
+Under FSDP (`dist.sharded_checkpoint`) the weights and optimizer states are written by
+every rank as torch.distributed.checkpoint shards first, then rank 0 writes the rest
+around them; a failure on any rank stops every rank with the same line."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
@@ -20,18 +24,28 @@ from remax.errors import RunStopped
 from remax.models.critic import VALUE_HEAD_FILE
 from remax.models.lora import merged_copy
 from remax.trainer.checkpoint import (
+    SHARDED,
     RunState,
     atomic_dir,
     capture_rng,
     load_policy_into,
     load_safetensors_into,
+    load_shards,
     load_trainer_state,
     restore_rng,
     save_checkpoint as write_checkpoint,
     save_pretrained_dir,
     step_dir,
+    write_shards,
 )
-from remax.trainer.resume import check_same_run, check_same_world, find_checkpoint, prepare_fresh, prepare_resumed
+from remax.trainer.resume import (
+    check_same_layout,
+    check_same_run,
+    check_same_world,
+    find_checkpoint,
+    prepare_fresh,
+    prepare_resumed,
+)
 
 
 @dataclass
@@ -45,6 +59,10 @@ class Parts:
     schedulers: dict[str, Any]
     precision: Any = None  # remax.trainer.precision.Precision: fp16's loss-scaler state
 
+    def models(self) -> dict[str, Any]:
+        """name -> model, keyed as `optimizers` (the critic only when there is one)."""
+        return {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}
+
 
 def snapshot(state: RunState, sampler: Any) -> RunState:
     """The run state at this step boundary: counters, sampler position, every RNG."""
@@ -52,25 +70,37 @@ def snapshot(state: RunState, sampler: Any) -> RunState:
 
 
 def save_checkpoint(state: RunState, parts: Parts, *, out: Path, dist: Any, keep_last: int) -> Path:
-    """checkpoints/step-N for `state`, atomically, rank 0 writing; returns its path."""
+    """checkpoints/step-N for `state`, atomically, rank 0 writing (with FSDP every rank
+    writes its shards first); returns its path. A failed write stops every rank."""
     state = dataclasses.replace(state, rng=dist.gather_rng(state.rng))  # every rank's RNG streams
     path = step_dir(out / "checkpoints", state.step)
-    metrics = out / "metrics.jsonl"
+    shards = None
+    if dist.sharded_checkpoint:  # the same temporary on every rank: named after rank 0's pid
+        shards = write_shards(path, parts.models(), parts.optimizers, tag=dist.gather_counts(os.getpid())[0])
+    metrics, failed = out / "metrics.jsonl", None
     if dist.is_main:
-        write_checkpoint(
-            path,
-            policy=parts.policy,
-            tokenizer=parts.tokenizer,
-            state=state,
-            optimizers=parts.optimizers,
-            schedulers=parts.schedulers,
-            critic=parts.critic,
-            precision=None if parts.precision is None else parts.precision.state_dict(),
-            config_yaml=(out / "config.yaml").read_text(),
-            metrics_jsonl=metrics.read_text() if metrics.is_file() else "",
-            keep_last=keep_last,
-        )
-    dist.barrier()
+        try:
+            write_checkpoint(
+                path,
+                policy=parts.policy,
+                tokenizer=parts.tokenizer,
+                state=state,
+                optimizers=parts.optimizers,
+                schedulers=parts.schedulers,
+                critic=parts.critic,
+                precision=None if parts.precision is None else parts.precision.state_dict(),
+                config_yaml=(out / "config.yaml").read_text(),
+                metrics_jsonl=metrics.read_text() if metrics.is_file() else "",
+                keep_last=keep_last,
+                shards=shards,
+            )
+        except RunStopped as err:
+            failed = err
+    message = dist.first_failure(None if failed is None else str(failed))  # every rank waits for rank 0's write
+    if failed is not None:
+        raise failed
+    if message is not None:
+        raise RunStopped(message)
     return path
 
 
@@ -87,6 +117,7 @@ def start(config: Config, out: Path, parts: Parts, sampler: Any, *, dist: Any, m
         check_same_run(config, checkpoint)
         rng = saved["run_state"].get("rng") or {}
         check_same_world(checkpoint, len(rng["ranks"]) if "ranks" in rng else 1, dist.world)
+        check_same_layout(checkpoint, dist.sharded_checkpoint)
         state = restore(checkpoint, saved, parts, sampler, dist=dist)
         dist.main_only(prepare_resumed, out, checkpoint, state.step)
         metrics.reload()
@@ -97,12 +128,15 @@ def start(config: Config, out: Path, parts: Parts, sampler: Any, *, dist: Any, m
 
 def restore(checkpoint: Path, saved: dict[str, Any], parts: Parts, sampler: Any, *, dist: Any) -> RunState:
     """Weights, optimizer and scheduler states, sampler position and RNGs, in place; returns the RunState."""
-    load_policy_into(parts.policy, checkpoint / "policy")  # with LoRA: the adapters
-    if parts.critic is not None:
-        load_safetensors_into(parts.critic.trunk, checkpoint / "critic", skip=VALUE_HEAD_FILE)
-        load_safetensors_into(parts.critic.head, checkpoint / "critic", only=VALUE_HEAD_FILE)
-    for name, opt in parts.optimizers.items():
-        opt.load_state_dict(saved["optimizers"][name])
+    if (checkpoint / SHARDED).is_dir():  # FSDP: every rank reads its shards of weights and optimizer states
+        load_shards(checkpoint / SHARDED, parts.models(), parts.optimizers)
+    else:
+        load_policy_into(parts.policy, checkpoint / "policy")  # with LoRA: the adapters
+        if parts.critic is not None:
+            load_safetensors_into(parts.critic.trunk, checkpoint / "critic", skip=VALUE_HEAD_FILE)
+            load_safetensors_into(parts.critic.head, checkpoint / "critic", only=VALUE_HEAD_FILE)
+        for name, opt in parts.optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
     for name, sched in parts.schedulers.items():
         sched.load_state_dict(saved["schedulers"][name])
     if parts.precision is not None:
@@ -126,7 +160,8 @@ def stop(reason: str, exit_code: int, state: RunState, *, out: Path, dist: Any,
 
 def save_final(path: Path, *, policy: Any, tokenizer: Any, dist: Any, save_merged: bool) -> None:
     """final/: the policy and its tokenizer, loadable with from_pretrained (with LoRA: the
-    adapter, for peft.PeftModel.from_pretrained; save_merged adds final/merged/)."""
+    adapter, for peft.PeftModel.from_pretrained; save_merged adds final/merged/). Under
+    FSDP one directory too: the full weights gathered on rank 0."""
     state_dict = dist.full_state_dict("policy")  # consolidated FSDP / ZeRO-3 shards; None otherwise
     if dist.is_main:
         with atomic_dir(path) as tmp:
