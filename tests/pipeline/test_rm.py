@@ -176,6 +176,15 @@ def test_rm_end_to_end_scores_match_everywhere(tmp_path, base_dir, seed_offset, 
     assert metrics[-1]["eval/accuracy"] == pytest.approx(float(pair_accuracy(local[:k], local[k:]).mean()), abs=1e-6)
     assert metrics[-1]["eval/loss"] == pytest.approx(float(bradley_terry(local[:k], local[k:]).mean()), abs=1e-5)
 
+    # and remax train takes it as its reward (one ReMax step against it)
+    prompts_file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in held[:4]])
+    assert main(["train", "--model.policy", str(base_dir), "--data.train_file", str(prompts_file),
+                 "--reward.kind", "model", "--reward.model", str(final), "--output_dir", str(tmp_path / "rl"),
+                 "--train.steps", "1", "--train.batch_size", "2", "--rollout.max_new_tokens", "4",
+                 "--log.progress", "False"]) == 0
+    step = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(step["rollout/reward_mean"]) and math.isfinite(step["rollout/baseline_reward_mean"])
+
 
 @pytest.mark.slow
 @pytest.mark.learning
@@ -191,3 +200,31 @@ def test_rm_learns_a_marker_preference_above_chance(tmp_path, base_dir, seed_off
     record_outcome("rm_heldout_accuracy", result["eval_accuracy"], 0.75)
     assert result["eval_pairs"] == 32
     assert result["eval_accuracy"] >= 0.75, result
+
+
+def test_chat_pairs_score_alike_in_training_and_in_the_reward(tmp_path, tokenizer, chat_tokenizer):
+    """The chat-template path (no EOS of its own: the template closes the turn; special
+    tokens not added again), with implicit chat prompts and a margin column."""
+    from transformers import AutoModelForSequenceClassification
+
+    from remax.models.loading import load_tokenizer
+    from remax.models.tiny import tiny_causal_lm
+    from remax.pipeline.rm import run_rm
+    from remax.rewards.model import RewardModelReward
+
+    rows = []
+    for i, r in enumerate(marker_pairs(8, 0)):
+        user = [{"role": "user", "content": r["prompt"]}]
+        rows.append({"chosen": user + [{"role": "assistant", "content": r["chosen"]}],
+                     "rejected": user + [{"role": "assistant", "content": r["rejected"]}], "margin": i % 2})
+    config = RMConfig(output_dir=str(tmp_path / "rm"), steps=2, batch_size=4, lr=1e-3, eval_fraction=0, progress=False)
+    final = run_rm(config, rows=rows, model=tiny_causal_lm(tokenizer), tokenizer=chat_tokenizer)["path"]
+    tok = load_tokenizer(final)
+    assert tok.chat_template == chat_tokenizer.chat_template  # saved with the model
+    pairs = [parse_pair(row, config, f"row {i}") for i, row in enumerate(rows)]
+    examples = rm_examples(PromptRows(rows), tok, config, max_length=64)
+    with torch.no_grad():
+        own = torch.cat(RMTask().scores(AutoModelForSequenceClassification.from_pretrained(final).eval(), examples))
+    reward = RewardModelReward(str(final))
+    responses = [ResponseText(p.chosen, ended=True) for p in pairs] + [ResponseText(p.rejected, ended=True) for p in pairs]
+    assert torch.allclose(reward([p.prompt for p in pairs] * 2, responses), own, atol=1e-5)
