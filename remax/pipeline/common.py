@@ -343,6 +343,16 @@ class Run:
         self.dist.barrier()
 
 
+def load_tokenizer_of(c: SupervisedConfig) -> Any:
+    """--tokenizer, else the one saved beside --model (left padding, pad = EOS if none)."""
+    from remax.models import load_tokenizer
+
+    name = c.tokenizer or c.model
+    if not name:
+        raise DataError("no tokenizer; pass --tokenizer PATH (or --model with its tokenizer saved beside it)")
+    return load_tokenizer(name, trust_remote_code=c.trust_remote_code, flag="--tokenizer" if c.tokenizer else "--model")
+
+
 def _progress(total: int, enabled: bool, initial: int, name: str):
     from tqdm.auto import tqdm
 
@@ -359,4 +369,5 @@ def setup(c: SupervisedConfig) -> tuple[Dist, torch.device]:
     return dist, dist.device(resolve_device(c.device))
 
 
-__all__ = ["Run", "SupervisedConfig", "Task", "check_config", "disable_dropout", "make_dist", "setup", "total_steps"]
+__all__ = ["Run", "SupervisedConfig", "Task", "check_config", "disable_dropout", "load_tokenizer_of", "make_dist",
+           "resumable_view", "setup", "total_steps"]

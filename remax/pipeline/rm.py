@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 
 from remax.data import DataError, PromptRows
-from remax.pipeline.common import Run, SupervisedConfig, disable_dropout, setup
+from remax.pipeline.common import Run, SupervisedConfig, disable_dropout, load_tokenizer_of, setup
 from remax.pipeline.data import check_text, column_value, given_rows, hold_out, load_rows
 from remax.pipeline.losses import bradley_terry, pair_accuracy
 from remax.rewards.base import ResponseText
@@ -239,18 +239,12 @@ def run_rm(config: RMConfig, *, rows: Optional[list[dict[str, Any]]] = None, mod
     `model`: a causal LM, or a one-label sequence classifier trained in place). Returns
     {'path': output_dir/final, 'eval_accuracy', 'eval_loss' (None without held-out
     pairs), 'train_accuracy' (the last step's), 'steps', 'train_pairs', 'eval_pairs'}."""
-    from remax.models import load_tokenizer
     from remax.models.loading import max_positions
     from remax.trainer.memory import checkpoint_layers
 
     c = config
     dist, device = setup(c)
-    if tokenizer is None:
-        name = c.tokenizer or c.model
-        if not name:
-            raise DataError("no tokenizer; pass --tokenizer PATH (or --model with its tokenizer saved beside it)")
-        tokenizer = load_tokenizer(name, trust_remote_code=c.trust_remote_code,
-                                   flag="--tokenizer" if c.tokenizer else "--model")
+    tokenizer = load_tokenizer_of(c) if tokenizer is None else tokenizer
     if rows is not None:
         all_rows = given_rows(rows, c.chosen_column)
     elif not c.train_file:

@@ -30,7 +30,7 @@ import torch
 
 from remax.config import LoraConfig
 from remax.data import DataError, PromptRows
-from remax.pipeline.common import Run, SupervisedConfig, disable_dropout, setup
+from remax.pipeline.common import Run, SupervisedConfig, disable_dropout, load_tokenizer_of, setup
 from remax.pipeline.data import (
     assistant_turns,
     chat_segments,
@@ -208,7 +208,7 @@ def run_sft(config: SFTConfig, *, model: Any = None, tokenizer: Any = None,
             rows: Optional[list[dict[str, Any]]] = None) -> Path:
     """Fine-tune `config.model` (or `model`, trained in place) on `config.train_file` (or
     `rows`); returns output_dir/final, a directory AutoModelForCausalLM loads."""
-    from remax.models import load_causal_lm, load_tokenizer
+    from remax.models import load_causal_lm
     from remax.models.loading import max_positions
     from remax.models.lora import apply_lora, check_lora_config
     from remax.trainer.memory import checkpoint_layers
@@ -221,12 +221,7 @@ def run_sft(config: SFTConfig, *, model: Any = None, tokenizer: Any = None,
             raise DataError("no model to fine-tune; pass --model PATH (a causal LM directory or hub name)")
         model = load_causal_lm(c.model, dtype=c.dtype, device=str(device), trust_remote_code=c.trust_remote_code,
                                kind="model", flag="--model")
-    if tokenizer is None:
-        name = c.tokenizer or c.model
-        if not name:
-            raise DataError("no tokenizer; pass --tokenizer PATH (or --model with its tokenizer saved beside it)")
-        tokenizer = load_tokenizer(name, trust_remote_code=c.trust_remote_code,
-                                   flag="--tokenizer" if c.tokenizer else "--model")
+    tokenizer = load_tokenizer_of(c) if tokenizer is None else tokenizer
     all_rows, fmt = load_sft_rows(c, rows)
     train_rows, held_rows = hold_out(all_rows, c.eval_fraction, c.seed)
     limit = min(c.max_length, max_positions(model) or c.max_length)

@@ -1,22 +1,19 @@
-"""A chat tokenizer for the pipeline tests: the session tokenizer plus the small chat
-template of the data tests (one line per message, then the assistant's tag)."""
+"""Fixtures of the pipeline tests: the data tests' chat tokenizer (the session tokenizer
+plus a small chat template) and a tiny random GPT-2 saved with its tokenizer."""
 
 from __future__ import annotations
 
 import pytest
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+from data.conftest import CHAT_TEMPLATE, chat_tokenizer  # noqa: F401  (tests/data/conftest.py)
 
 
-@pytest.fixture(scope="session")
-def chat_tokenizer(tokenizer, tmp_path_factory):
-    from transformers import AutoTokenizer
+@pytest.fixture()
+def base_dir(tmp_path, tokenizer):
+    """A tiny causal LM and its tokenizer in a directory, as `--model` takes them."""
+    from remax.models.tiny import tiny_causal_lm
 
-    path = tmp_path_factory.mktemp("pipeline_chat_tok")
+    path = tmp_path / "base"
+    tiny_causal_lm(tokenizer, seed=0).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return path

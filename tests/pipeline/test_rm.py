@@ -114,16 +114,6 @@ def write_jsonl(path, rows):
     return path
 
 
-@pytest.fixture()
-def base_dir(tmp_path, tokenizer, seed_offset):
-    from remax.models.tiny import tiny_causal_lm
-
-    path = tmp_path / "base"
-    tiny_causal_lm(tokenizer, seed=0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def rm_args(base, data, out, seed, steps=40):
     return ["rm", "--model", str(base), "--train_file", str(data), "--output_dir", str(out), "--steps", str(steps),
             "--batch_size", "8", "--micro_batch_size", "4", "--lr", "3e-3", "--eval_fraction", "0.25",
