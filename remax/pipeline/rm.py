@@ -244,6 +244,8 @@ def run_rm(config: RMConfig, *, rows: Optional[list[dict[str, Any]]] = None, mod
 
     c = config
     dist, device = setup(c)
+    if model is None and not c.model:
+        raise DataError("no base model; pass --model PATH (a causal LM such as remax sft's final/, or a reward model)")
     tokenizer = load_tokenizer_of(c) if tokenizer is None else tokenizer
     if rows is not None:
         all_rows = given_rows(rows, c.chosen_column)

@@ -218,3 +218,30 @@ def test_chat_pairs_score_alike_in_training_and_in_the_reward(tmp_path, tokenize
     reward = RewardModelReward(str(final))
     responses = [ResponseText(p.chosen, ended=True) for p in pairs] + [ResponseText(p.rejected, ended=True) for p in pairs]
     assert torch.allclose(reward([p.prompt for p in pairs] * 2, responses), own, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train_file", "PAIRS"], "no base model; pass --model PATH"),
+    (["--model", "MODEL"], "no preference pairs; pass --train_file FILE"),
+    (["--model", "MODEL", "--train_file", "PROMPTS"], "PROMPTS:1: no 'chosen' column (columns: prompt); rename it or "
+                                                       "pass --chosen_column"),
+    (["--model", "MODEL", "--train_file", "PAIRS", "--eval_fraction", "0.99"], "leaves none to train on"),
+])
+def test_bad_rm_input_is_one_line(args, message, tmp_path, base_dir, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(4, 0))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a"}])
+    names = {"MODEL": str(base_dir), "PAIRS": str(pairs), "PROMPTS": str(prompts)}
+    assert main(["rm", "--output_dir", str(tmp_path / "out"), *[names.get(a, a) for a in args]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message.replace("PROMPTS", str(prompts)) in err, err
+
+
+def test_a_model_with_two_labels_is_refused(tmp_path, tokenizer):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from remax.pipeline.rm import load_reward_base
+
+    two = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=16, n_head=2,
+                                                   num_labels=2))
+    with pytest.raises(DataError, match="num_labels=2; a reward model has one"):
+        load_reward_base(RMConfig(), two, torch.device("cpu"))

@@ -243,3 +243,33 @@ def test_sft_learns_the_completion_of_unseen_prompts(tmp_path, tokenizer, seed_o
     ids = tok(["god said light"], return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).startswith(" amen")
+
+
+def test_yaml_config_flags_and_epochs(tmp_path, tokenizer):
+    from remax.cli import parse_pipeline_args
+    from remax.pipeline.common import total_steps
+
+    yaml_file = tmp_path / "sft.yaml"
+    yaml_file.write_text("model: m\nlr: 1.0e-4\nepochs: 3\nlora: {r: 8, target_modules: [c_attn]}\n")
+    config = parse_pipeline_args(SFTConfig, ["--config", str(yaml_file), "--lr", "3e-4", "--batch_size", "4"],
+                                 prog="remax sft", description="")
+    assert (config.model, config.lr, config.epochs, config.lora.r, config.lora.target_modules) == \
+        ("m", 3e-4, 3, 8, ["c_attn"])
+    assert total_steps(config, 10) == 3 * (10 // 4)  # epochs x full batches (the short tail is dropped)
+    assert total_steps(SFTConfig(steps=7), 10) == 7
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train_file", "x.jsonl"], "no model to fine-tune; pass --model PATH"),
+    (["--model", "MODEL"], "no training data; pass --train_file FILE"),
+    (["--model", "MODEL", "--train_file", "missing.jsonl"], "prompt file 'missing.jsonl' not found; pass --train_file"),
+    (["--model", "MODEL", "--train_file", "x.jsonl", "--eval_fraction", "1.5"], "--eval_fraction must be in [0, 1)"),
+    (["--model", "MODEL", "--train_file", "x.jsonl", "--lora.r", "-1"], "--lora.r must be >= 0"),
+    (["--model", "MODEL", "--train_file", "x.jsonl", "--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--model", "MODEL", "--lrr", "1"], "unknown option --lrr; did you mean --lr?"),
+])
+def test_bad_sft_input_is_one_line(args, message, tmp_path, base_dir, capsys):
+    args = [str(base_dir) if a == "MODEL" else a for a in args]
+    assert main(["sft", "--output_dir", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
