@@ -7,14 +7,18 @@ Data in TRL's preference formats (https://huggingface.co/docs/trl/dataset_format
 {"prompt", "chosen", "rejected"} (explicit prompt) or {"chosen", "rejected"} whose shared
 beginning is the prompt (implicit: the longest common prefix, of characters for strings,
 of messages for chats); strings or chats (a chat's chosen / rejected answer is one
-assistant message); an optional numeric `margin` column.
+assistant message); an optional numeric `margin` column. An extension TRL does not have:
+optional boolean `chosen_ended` / `rejected_ended` columns (or, from Python, responses
+that are `ResponseText`s) say that a response was cut at max_new_tokens (False) rather
+than finished (True, the default), so a model trained on a policy's own samples reads
+each one with the end it will have in RL (a cut response gets no EOS there either).
 
 The model is the base (a causal LM, e.g. `remax sft`'s output) with a one-label
 sequence-classification head, saved as an `AutoModelForSequenceClassification`
 directory with its tokenizer and `pad_token_id` set. Training reads every pair exactly
 as `remax.rewards.model.RewardModelReward` (`--reward.kind model`, `remax serve-reward
---kind model`) will score a finished response: the same text (`format_texts`: the
-tokenizer's chat template, or prompt + response + EOS), the same encoding
+--kind model`) will score it: the same text (`format_texts`: the tokenizer's chat
+template, or prompt + response + EOS for a finished response), the same encoding
 (`encode_texts`) and the same forward, read at the last real token
 (`sequence_scores`). So the reward a policy is trained against is the function the
 reward model was fitted as. Pairs longer than max_length are dropped (counted), as TRL
@@ -66,6 +70,8 @@ class Pair:
     chosen: str
     rejected: str
     margin: float = 0.0
+    chosen_ended: bool = True  # False: cut at max_new_tokens, read without an end (see the module docstring)
+    rejected_ended: bool = True
 
 
 @dataclass
@@ -105,19 +111,20 @@ def parse_pair(row: dict[str, Any], c: RMConfig, where: str) -> Pair:
     rejected = column_value(row, c.rejected_column, where, "--rejected_column")
     for value, column in ((chosen, c.chosen_column), (rejected, c.rejected_column)):
         check_text(value, column, where)
+    ends = _ended(row, chosen, c.chosen_column, where), _ended(row, rejected, c.rejected_column, where)
     margin = _margin(row, c.margin_column, where)
     if c.prompt_column in row:
         prompt = row[c.prompt_column]
         check_text(prompt, c.prompt_column, where)
         return Pair(prompt, answer_of(chosen, c.chosen_column, where), answer_of(rejected, c.rejected_column, where),
-                    margin)
+                    margin, *ends)
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DataError(f"{where}: {c.chosen_column!r} and {c.rejected_column!r} must both be strings or both chats")
     if chosen == rejected:
         raise DataError(f"{where}: chosen and rejected are the same, so the pair states no preference; remove the row")
     if isinstance(chosen, str):
         n = common_prefix(chosen, rejected)
-        return Pair(chosen[:n], chosen[n:], rejected[n:], margin)
+        return Pair(chosen[:n], chosen[n:], rejected[n:], margin, *ends)
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
@@ -126,7 +133,18 @@ def parse_pair(row: dict[str, Any], c: RMConfig, where: str) -> Pair:
         raise DataError(f"{where}: chosen and rejected chats share no first message, so there is no implicit prompt; "
                         f"add a {c.prompt_column!r} column")
     return Pair(prompt, answer_of(chosen[n:], c.chosen_column, where), answer_of(rejected[n:], c.rejected_column, where),
-                margin)
+                margin, *ends)
+
+
+def _ended(row: dict[str, Any], response: Any, column: str, where: str) -> bool:
+    """Whether a response finished: its `<column>_ended` column, else a ResponseText's own
+    `ended`, else True (TRL's layout: every response complete)."""
+    value = row.get(f"{column}_ended", getattr(response, "ended", None))
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise DataError(f"{where}: column {column + '_ended'!r} must be true or false, got {value!r}")
+    return value
 
 
 def _margin(row: dict[str, Any], column: str, where: str) -> float:
@@ -140,10 +158,10 @@ def _margin(row: dict[str, Any], column: str, where: str) -> float:
 
 def rm_texts(tokenizer: Any, pairs: list[Pair]) -> tuple[list[str], list[str]]:
     """The texts of the chosen and the rejected responses, as the reward model will read
-    finished responses (`remax.rewards.model.format_texts` with ended=True)."""
+    them (`remax.rewards.model.format_texts`: a finished response closed, a cut one open)."""
     prompts = [p.prompt for p in pairs]
-    chosen = format_texts(tokenizer, prompts, [ResponseText(p.chosen, ended=True) for p in pairs])
-    rejected = format_texts(tokenizer, prompts, [ResponseText(p.rejected, ended=True) for p in pairs])
+    chosen = format_texts(tokenizer, prompts, [ResponseText(p.chosen, ended=p.chosen_ended) for p in pairs])
+    rejected = format_texts(tokenizer, prompts, [ResponseText(p.rejected, ended=p.rejected_ended) for p in pairs])
     return chosen, rejected
 
 

@@ -87,6 +87,19 @@ def test_the_training_text_is_what_the_reward_model_reads(tokenizer, chat_tokeni
     assert chosen == ["<user>Hi\n<assistant>yes\n"]
 
 
+def test_a_cut_response_is_read_without_an_end(tokenizer):
+    c = RMConfig()
+    row = {"prompt": "And God said", "chosen": " light", "rejected": " dark", "rejected_ended": False}
+    pair = parse_pair(row, c, "f:1")
+    assert (pair.chosen_ended, pair.rejected_ended) == (True, False)
+    assert rm_texts(tokenizer, [pair]) == (["And God said light<|endoftext|>"], ["And God said dark"])
+    # from Python, a ResponseText's own `ended` (the trainer's decoded responses carry it)
+    python_row = {"prompt": "p", "chosen": ResponseText(" a", ended=False), "rejected": " b"}
+    assert parse_pair(python_row, c, "row 0").chosen_ended is False
+    with pytest.raises(DataError, match="column 'chosen_ended' must be true or false, got 'yes'"):
+        parse_pair({**row, "chosen_ended": "yes"}, c, "f:1")
+
+
 def test_over_long_pairs_are_dropped(tokenizer):
     rows = PromptRows([{"chosen": "And God said light", "rejected": "And God said dark"},
                        {"chosen": "a " * 40 + "x", "rejected": "a " * 40 + "y"}])
@@ -133,7 +146,8 @@ def test_rm_end_to_end_scores_match_everywhere(tmp_path, base_dir, seed_offset, 
     from remax.rewards.server import RunningServer, create_app
 
     seed = 3 + seed_offset
-    data = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(64, seed))
+    rows = [dict(r, rejected_ended=i % 3 != 0) for i, r in enumerate(marker_pairs(64, seed))]  # some responses cut
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     out = tmp_path / "rm"
     assert main(rm_args(base_dir, data, out, seed, steps=12)) == 0
     assert "held-out pair accuracy" in capsys.readouterr().out
@@ -145,10 +159,11 @@ def test_rm_end_to_end_scores_match_everywhere(tmp_path, base_dir, seed_offset, 
     assert [m["step"] for m in metrics] == list(range(1, 13)) and "eval/accuracy" in metrics[-1]
 
     # the held-out pairs, as run_rm split them (the same seeded split_rows)
-    _, held = split_rows(PromptRows(marker_pairs(64, seed)), 0.25, seed)
+    _, held = split_rows(PromptRows(rows), 0.25, seed)
     prompts = [r["prompt"] for r in held] * 2
     responses = [ResponseText(r["chosen"], ended=True) for r in held] + \
-        [ResponseText(r["rejected"], ended=True) for r in held]
+        [ResponseText(r["rejected"], ended=r["rejected_ended"]) for r in held]
+    assert any(not r["rejected_ended"] for r in held)
     # 1. the trainer's own forward on the examples it trains on
     model = AutoModelForSequenceClassification.from_pretrained(final).eval()
     examples = rm_examples(held, load_tokenizer(final), RMConfig(), max_length=1024)
