@@ -343,6 +343,16 @@ class Run:
         self.dist.barrier()
 
 
+def checkpoint_layers(model: torch.nn.Module) -> None:
+    """--gradient_checkpointing: the trainer's switch (remax.trainer.memory), its error renamed."""
+    from remax.trainer.memory import checkpoint_layers as enable
+
+    try:
+        enable(model)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("--train.gradient_checkpointing", "--gradient_checkpointing")) from None
+
+
 def load_tokenizer_of(c: SupervisedConfig) -> Any:
     """--tokenizer, else the one saved beside --model (left padding, pad = EOS if none)."""
     from remax.models import load_tokenizer

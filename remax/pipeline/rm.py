@@ -37,7 +37,8 @@ from typing import Any, Optional
 import torch
 
 from remax.data import DataError, PromptRows
-from remax.pipeline.common import Run, SupervisedConfig, disable_dropout, load_tokenizer_of, setup
+from remax.pipeline.common import (Run, SupervisedConfig, checkpoint_layers, disable_dropout, load_tokenizer_of,
+                                   setup)
 from remax.pipeline.data import check_text, column_value, given_rows, hold_out, load_rows
 from remax.pipeline.losses import bradley_terry, pair_accuracy
 from remax.rewards.base import ResponseText
@@ -258,7 +259,6 @@ def run_rm(config: RMConfig, *, rows: Optional[list[dict[str, Any]]] = None, mod
     {'path': output_dir/final, 'eval_accuracy', 'eval_loss' (None without held-out
     pairs), 'train_accuracy' (the last step's), 'steps', 'train_pairs', 'eval_pairs'}."""
     from remax.models.loading import max_positions
-    from remax.trainer.memory import checkpoint_layers
 
     c = config
     dist, device = setup(c)

@@ -30,7 +30,8 @@ import torch
 
 from remax.config import LoraConfig
 from remax.data import DataError, PromptRows
-from remax.pipeline.common import Run, SupervisedConfig, disable_dropout, load_tokenizer_of, setup
+from remax.pipeline.common import (Run, SupervisedConfig, checkpoint_layers, disable_dropout, load_tokenizer_of,
+                                   setup)
 from remax.pipeline.data import (
     assistant_turns,
     chat_segments,
@@ -211,7 +212,6 @@ def run_sft(config: SFTConfig, *, model: Any = None, tokenizer: Any = None,
     from remax.models import load_causal_lm
     from remax.models.loading import max_positions
     from remax.models.lora import apply_lora, check_lora_config
-    from remax.trainer.memory import checkpoint_layers
 
     c = config
     check_lora_config(c.lora)

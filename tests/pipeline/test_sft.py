@@ -273,3 +273,36 @@ def test_bad_sft_input_is_one_line(args, message, tmp_path, base_dir, capsys):
     assert main(["sft", "--output_dir", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
+
+
+def test_a_signal_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, tokenizer, monkeypatch):
+    """A first SIGINT (Ctrl-C) ends the step in progress, saves checkpoints/step-N and stops
+    in one line; --resume auto then gives the weights of the run that was never stopped."""
+    import os
+    import signal
+
+    from remax.errors import RunStopped
+    from remax.models.tiny import tiny_causal_lm
+    from remax.pipeline import sft as sft_module
+
+    full = run_sft(_config(tmp_path / "full", steps=4), model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, rows=ROWS)
+
+    class InterruptedTask(sft_module.SFTTask):
+        calls = 0
+
+        def loss(self, model, examples):
+            InterruptedTask.calls += 1
+            if InterruptedTask.calls == 2:  # inside step 2: the guard records it, the step finishes
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().loss(model, examples)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sft_module, "SFTTask", InterruptedTask)
+        with pytest.raises(RunStopped, match=r"stopped by SIGINT after step 2; saved .*step-2; continue with the same "
+                                             r"command plus --resume auto"):
+            run_sft(_config(tmp_path / "cut", steps=4), model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, rows=ROWS)
+    assert not (tmp_path / "cut" / "final").exists()
+    resumed = run_sft(_config(tmp_path / "cut", steps=4, resume="auto"), model=tiny_causal_lm(tokenizer),
+                      tokenizer=tokenizer, rows=ROWS)
+    a, b = _final_weights(full), _final_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
