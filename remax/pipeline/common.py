@@ -24,6 +24,7 @@ import dataclasses
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -273,7 +274,9 @@ class Run:
         lr = self.schedulers["policy"].get_last_lr()[0]
         grad_norm = self._clip_and_step(opt, finite)
         self.state.step += 1
-        self.schedulers["policy"].step()
+        with warnings.catch_warnings():  # a skipped first update (NaN) is not the misuse torch warns of
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+            self.schedulers["policy"].step()
         keys = sorted(sums)
         totals = self._global([sums[k] for k in keys])
         metrics: dict[str, float] = {"step": self.state.step}

@@ -260,3 +260,19 @@ def test_a_model_with_two_labels_is_refused(tmp_path, tokenizer):
                                                    num_labels=2))
     with pytest.raises(DataError, match="num_labels=2; a reward model has one"):
         load_reward_base(RMConfig(), two, torch.device("cpu"))
+
+
+def test_serve_reward_hands_the_reward_each_responses_end():
+    """remax serve-reward rebuilds ResponseTexts from the client's 'ended' list, so a served
+    reward model closes a finished response and leaves a cut one open, as a local one does."""
+    from remax.rewards.http import HttpReward
+    from remax.rewards.server import RunningServer, create_app
+
+    def seen(prompts, responses):
+        return [{True: 1.0, False: 0.0, None: -1.0}[getattr(r, "ended", None)] for r in responses]
+
+    with RunningServer(create_app(seen)) as server:
+        client = HttpReward(server.url)
+        mixed = [ResponseText("x", ended=True), ResponseText("y", ended=False), "z"]
+        assert client(["p"] * 3, mixed).tolist() == [1.0, 0.0, -1.0]
+        assert client(["p"] * 2, ["a", "b"]).tolist() == [-1.0, -1.0]  # plain strings: nothing sent, not known

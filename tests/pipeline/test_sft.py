@@ -306,3 +306,24 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_p
                       tokenizer=tokenizer, rows=ROWS)
     a, b = _final_weights(full), _final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_losses_skip_the_update_and_three_in_a_row_stop(tmp_path, tokenizer, monkeypatch):
+    from remax.errors import RunStopped
+    from remax.models.tiny import tiny_causal_lm
+    from remax.pipeline import sft as sft_module
+
+    class NaNTask(sft_module.SFTTask):
+        def loss(self, model, examples):
+            total, stats = super().loss(model, examples)
+            return total * float("nan"), stats
+
+    monkeypatch.setattr(sft_module, "SFTTask", NaNTask)
+    model = tiny_causal_lm(tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RunStopped, match=r"NaN/inf in 3 steps in a row \(up to step 3; those updates were skipped\); "
+                                         r"lower --lr"):
+        run_sft(_config(tmp_path / "nan", steps=6), model=model, tokenizer=tokenizer, rows=ROWS)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no update was taken
+    lines = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["train/nonfinite_steps"] for m in lines] == [1, 2, 3]
