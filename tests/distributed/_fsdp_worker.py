@@ -24,8 +24,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _worker import make_config, run, trainer_class  # noqa: E402  (the DDP tests' runs, same flags)
 
 
-def fsdp_config(algo: str, out: Path, **train):
-    config = make_config(algo, out, steps=3, **train)
+# bf16 autocast (fp32 master weights) with gradient checkpointing: the other compute path under FSDP
+BF16 = dict(train__mixed_precision="bf16", train__gradient_checkpointing=True)
+
+
+def fsdp_config(algo: str, out: Path, steps: int = 3, **train):
+    config = make_config(algo, out, steps=steps, **train)
     config.train.strategy = "fsdp"
     return config
 
@@ -72,6 +76,8 @@ def main(mode: str, tok_dir: str, out: Path) -> None:
             config = make_config(algo, out / f"{algo}-reference", steps=3)
             trainer, saved[algo], history = run(config, trainer_class(True), tokenizer)
             saved[algo + "/loss"] = torch.tensor([h["loss/policy"] for h in history])
+        config = make_config("remax", out / "bf16-reference", steps=2, **BF16)
+        _, saved["bf16"], _ = run(config, trainer_class(True), tokenizer)
     elif mode == "ranks":
         for algo in ("remax", "ppo"):
             trainer, _, history = run(fsdp_config(algo, out / f"{algo}-ranks", log__save_every=2), trainer_class(False),
@@ -82,6 +88,8 @@ def main(mode: str, tok_dir: str, out: Path) -> None:
                 saved["generation"] = check_generation(trainer, tokenizer)
                 saved["pushed"] = plain_weights(trainer.policy)  # what the vLLM backend's sync sends
                 saved["local"] = {k: v.to_local().clone() for k, v in trainer.policy.state_dict().items()}
+        trainer, _, _ = run(fsdp_config("remax", out / "bf16-ranks", steps=2, **BF16), trainer_class(False), tokenizer)
+        saved["bf16"] = full_weights(trainer)
     elif mode == "killed":  # rank 0 dies once step-2's shards are staged, before the checkpoint is complete
         import remax.trainer.phases.persist as persist
 

@@ -59,7 +59,7 @@ def test_fsdp_push_sends_whole_tensors_and_a_sharded_push_fails_the_probe(engine
 
     engine.push(_holding(pushed["own_shard"], toy_tokenizer))  # no gather: one rank's rows only
     diff = engine.probe_diff(trainer)
-    assert diff > 100 * engine.tol  # measured: see the print (pytest -s)
+    assert diff > 100 * engine.tol  # measured 2.6 (the gathered push: 1.4e-6; tol 1e-4)
     with pytest.raises(EngineOutOfSync, match="not the policy's"):
         engine.verify(trainer, 1)
 
