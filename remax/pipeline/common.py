@@ -38,10 +38,23 @@ from remax.trainer.checkpoint import RunState, atomic_dir, save_pretrained_dir, 
 from remax.trainer.distributed import AccelerateDist, Dist, launched_world
 from remax.trainer.guards import SignalGuard
 from remax.trainer.lock import run_lock
+from remax.trainer.loggers import open_loggers, parse_report_to
 from remax.trainer.metrics import MetricsWriter, peak_mem_mb
 from remax.trainer.optim import build_optimizer, build_scheduler
 from remax.trainer.phases import persist
 from remax.trainer.precision import Precision, resolve_mode
+
+
+@dataclass
+class ReportConfig:
+    """Logging backends beyond metrics.jsonl, as in `remax train` (remax.trainer.loggers)."""
+
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])
+    """Logging backends (a list, or comma-separated): jsonl (always on: metrics.jsonl), tensorboard (output_dir/tensorboard), wandb."""
+    wandb_project: str = "remax"
+    """wandb project name."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """wandb mode: offline needs no account (upload later with `wandb sync`); online needs `wandb login`."""
 
 
 @dataclass
@@ -112,6 +125,8 @@ class SupervisedConfig:
     """Keep only the newest this-many checkpoints; 0 keeps all."""
     progress: bool = True
     """Show a progress bar."""
+    log: ReportConfig = field(default_factory=ReportConfig)
+    """Logging backends (--log.report_to tensorboard ...); may change on resume."""
 
 
 class Task(Protocol):
@@ -145,6 +160,7 @@ def check_config(c: SupervisedConfig) -> None:
         raise ConfigError(f"--lr must be a positive number, got {c.lr}")
     if not 0 <= c.eval_fraction < 1:
         raise ConfigError(f"--eval_fraction must be in [0, 1), got {c.eval_fraction}")
+    parse_report_to(c.log.report_to)  # an unknown or uninstalled backend: one line, now
     if c.resume not in (None, "auto") and not Path(c.resume).expanduser().is_dir():
         raise ConfigError(f"--resume {c.resume!r}: no such checkpoint directory; pass 'auto' or a checkpoints/step-N path")
 
@@ -209,7 +225,7 @@ class Run:
     held_out: Optional[list[Any]] = None
     dist: Dist = field(default_factory=Dist)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    save_final: Any = None  # (path, model, tokenizer, dist) -> None; default: save_pretrained of the model
+    save_final: Any = None  # (path, model, tokenizer) -> None; default: save_pretrained of model and tokenizer
 
     def __post_init__(self) -> None:
         c = self.config
@@ -234,6 +250,7 @@ class Run:
             if probe is not self.config:
                 self.dist.main_only(save_config, self.config, self.out / "config.yaml")
             self.state = resumed or self.state
+            self.loggers = open_loggers(self.config, self.out, self.state.step, main=self.dist.is_main)
             bar = _progress(self.steps, self.config.progress and self.dist.is_main, self.state.step, self.task.name)
             try:
                 with SignalGuard() as signals:
@@ -241,6 +258,7 @@ class Run:
                         self._after_step(self.step(), bar, parts)
             finally:
                 bar.close()
+                self.loggers.close()
             if signals.requested:
                 name = signal.Signals(signals.requested).name
                 persist.stop(f"stopped by {name} after step {self.state.step}", 128 + signals.requested,
@@ -309,6 +327,7 @@ class Run:
         if self.state.step == self.steps and self.held_out:
             metrics.update(self.evaluate())  # the final model's held-out figures, in the last step's line
         self.metrics.write(metrics)
+        self.loggers.log(metrics, self.state.step)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics[f'loss/{self.task.name}']:.4f}")
         if self.config.save_every and self.state.step % self.config.save_every == 0:

@@ -267,6 +267,8 @@ def test_yaml_config_flags_and_epochs(tmp_path, tokenizer):
     (["--model", "MODEL", "--train_file", "x.jsonl", "--lora.r", "-1"], "--lora.r must be >= 0"),
     (["--model", "MODEL", "--train_file", "x.jsonl", "--batch_size", "0"], "--batch_size must be >= 1"),
     (["--model", "MODEL", "--lrr", "1"], "unknown option --lrr; did you mean --lr?"),
+    (["--model", "MODEL", "--train_file", "x.jsonl", "--log.report_to", "tensorbord"],
+     "--log.report_to: unknown backend 'tensorbord'; did you mean 'tensorboard'?"),
 ])
 def test_bad_sft_input_is_one_line(args, message, tmp_path, base_dir, capsys):
     args = [str(base_dir) if a == "MODEL" else a for a in args]
@@ -327,3 +329,16 @@ def test_nan_losses_skip_the_update_and_three_in_a_row_stop(tmp_path, tokenizer,
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no update was taken
     lines = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
     assert [m["train/nonfinite_steps"] for m in lines] == [1, 2, 3]
+
+
+def test_tensorboard_logging(tmp_path, tokenizer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from remax.models.tiny import tiny_causal_lm
+    from remax.pipeline.common import ReportConfig
+
+    config = _config(tmp_path / "tb", steps=2, log=ReportConfig(report_to=["tensorboard"]))
+    run_sft(config, model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, rows=ROWS)
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/sft")] == [1, 2]
