@@ -65,11 +65,13 @@ def _linear_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def apply_lora(policy: nn.Module, cfg: LoraConfig) -> nn.Module:
+def apply_lora(policy: nn.Module, cfg: LoraConfig, task_type: str = "CAUSAL_LM") -> nn.Module:
     """With cfg.r > 0: wrap `policy` (in place: its modules gain adapters) as a peft model
     whose only trainable parameters are the adapters, returned in eval mode, as the loop
     runs it; the adapters' A matrices draw from torch's global RNG (seeded by train.seed).
-    With cfg.r == 0 (LoRA off): `policy` itself, after checking the other fields."""
+    With cfg.r == 0 (LoRA off): `policy` itself, after checking the other fields.
+    `task_type` "SEQ_CLS" (a reward model, `remax rm`): peft also trains and saves the
+    classification head (its modules_to_save), which starts random."""
     import peft
 
     check_lora_config(cfg)
@@ -82,7 +84,7 @@ def apply_lora(policy: nn.Module, cfg: LoraConfig) -> nn.Module:
         targets = "all-linear"  # peft's keyword is a string, not a module name
     peft_cfg = peft.LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-        bias="none", task_type="CAUSAL_LM",
+        bias="none", task_type=task_type,
     )
     try:
         with warnings.catch_warnings():

@@ -225,7 +225,6 @@ class Run:
     held_out: Optional[list[Any]] = None
     dist: Dist = field(default_factory=Dist)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    save_final: Any = None  # (path, model, tokenizer) -> None; default: save_pretrained of model and tokenizer
 
     def __post_init__(self) -> None:
         c = self.config
@@ -354,15 +353,25 @@ class Run:
             return {f"eval/{k}": v for k, v in self.task.evaluate(self.model, self.held_out).items()}
 
     def _final(self) -> None:
-        path = self.out / "final"
+        """final/, atomically, rank 0 writing (`save_final_dir`)."""
         state_dict = self.dist.full_state_dict("policy")
         if self.dist.is_main:
-            with atomic_dir(path) as tmp:
-                if self.save_final is not None:
-                    self.save_final(tmp, self.model, self.tokenizer)
-                else:
-                    save_pretrained_dir(self.model, self.tokenizer, tmp, state_dict=state_dict)
+            with atomic_dir(self.out / "final") as tmp:
+                save_final_dir(tmp, self.model, self.tokenizer, state_dict)
         self.dist.barrier()
+
+
+def save_final_dir(path: Path, model: Any, tokenizer: Any, state_dict: Optional[dict[str, Any]] = None) -> None:
+    """A plain Hugging Face directory, model + tokenizer, that from_pretrained loads: with
+    LoRA the adapters merged in (remax.models.lora.merged_copy), and the adapter alone in
+    path/adapter/ (for peft.PeftModel.from_pretrained)."""
+    from remax.models.lora import is_peft_model, merged_copy
+
+    if is_peft_model(model):
+        save_pretrained_dir(merged_copy(model), tokenizer, path)
+        save_pretrained_dir(model, None, path / "adapter")
+    else:
+        save_pretrained_dir(model, tokenizer, path, state_dict=state_dict)
 
 
 def checkpoint_layers(model: torch.nn.Module) -> None:

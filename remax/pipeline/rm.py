@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from remax.config import LoraConfig
 from remax.data import DataError, PromptRows
 from remax.pipeline.common import (Run, SupervisedConfig, checkpoint_layers, disable_dropout, load_tokenizer_of,
                                    setup)
@@ -63,6 +64,8 @@ class RMConfig(SupervisedConfig):
     """Column of the other response."""
     margin_column: str = "margin"
     """Optional column of a per-pair margin: the loss asks r_chosen - r_rejected to exceed it."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (--lora.r 16 ...), the head trained in full; final/ holds the merged model, final/adapter/ the adapter."""
 
 
 @dataclass
@@ -247,6 +250,8 @@ def load_reward_base(c: RMConfig, model: Any, device: torch.device) -> Any:
             rm = checked_from_pretrained("model", AutoModelForSequenceClassification.from_pretrained, source,
                                          required="config.json", flag="--model", num_labels=1,
                                          dtype=to_torch_dtype(c.dtype), trust_remote_code=c.trust_remote_code)
+    if model is not None:  # not the deleted temporary directory (adapter_config.json's base_model_name_or_path)
+        rm.name_or_path = rm.config._name_or_path = getattr(model, "name_or_path", "")
     if rm.config.num_labels != 1:
         raise DataError(f"--model {c.model!r} has num_labels={rm.config.num_labels}; pass a causal LM or a one-label model")
     return rm.to(device)
@@ -260,7 +265,10 @@ def run_rm(config: RMConfig, *, rows: Optional[list[dict[str, Any]]] = None, mod
     pairs), 'train_accuracy' (the last step's), 'steps', 'train_pairs', 'eval_pairs'}."""
     from remax.models.loading import max_positions
 
+    from remax.models.lora import apply_lora, check_lora_config
+
     c = config
+    check_lora_config(c.lora)
     dist, device = setup(c)
     if model is None and not c.model:
         raise DataError("no base model; pass --model PATH (a causal LM such as remax sft's final/, or a reward model)")
@@ -280,6 +288,7 @@ def run_rm(config: RMConfig, *, rows: Optional[list[dict[str, Any]]] = None, mod
     held = rm_examples(held_rows, tokenizer, c, limit) if held_rows else None
     if c.disable_dropout:
         disable_dropout(rm)
+    rm = apply_lora(rm, c.lora, task_type="SEQ_CLS")  # peft trains the head in full (modules_to_save)
     if c.gradient_checkpointing:
         checkpoint_layers(rm)
     history = Run(c, rm, tokenizer, RMTask(c.micro_batch_size), train, held, dist=dist, device=device).run()

@@ -192,18 +192,6 @@ class SFTTask:
         return {"loss": nll / n, "token_accuracy": hits / n}
 
 
-def save_sft_final(path: Path, model: Any, tokenizer: Any) -> None:
-    """final/: a plain causal LM + tokenizer; with LoRA the merged weights, the adapter in final/adapter/."""
-    from remax.models.lora import is_peft_model, merged_copy
-    from remax.trainer.checkpoint import save_pretrained_dir
-
-    if is_peft_model(model):
-        save_pretrained_dir(merged_copy(model), tokenizer, path)
-        save_pretrained_dir(model, None, path / "adapter")
-    else:
-        save_pretrained_dir(model, tokenizer, path)
-
-
 # ------------------------------------------------------------------ entry
 def run_sft(config: SFTConfig, *, model: Any = None, tokenizer: Any = None,
             rows: Optional[list[dict[str, Any]]] = None) -> Path:
@@ -234,7 +222,7 @@ def run_sft(config: SFTConfig, *, model: Any = None, tokenizer: Any = None,
         checkpoint_layers(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     task = SFTTask(pad, device, c.micro_batch_size)
-    Run(c, model, tokenizer, task, train, held, dist=dist, device=device, save_final=save_sft_final).run()
+    Run(c, model, tokenizer, task, train, held, dist=dist, device=device).run()
     return Path(c.output_dir) / "final"
 
 

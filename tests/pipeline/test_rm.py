@@ -276,3 +276,50 @@ def test_serve_reward_hands_the_reward_each_responses_end():
         mixed = [ResponseText("x", ended=True), ResponseText("y", ended=False), "z"]
         assert client(["p"] * 3, mixed).tolist() == [1.0, 0.0, -1.0]
         assert client(["p"] * 2, ["a", "b"]).tolist() == [-1.0, -1.0]  # plain strings: nothing sent, not known
+
+
+def test_lora_reward_model_trains_the_head_merges_and_resumes(tmp_path, tokenizer):
+    """--lora.r: adapters on the trunk, the head trained in full (peft's SEQ_CLS); final/ is
+    a plain one-label classifier that scores as training read it; resume is bitwise."""
+    from transformers import AutoModelForSequenceClassification
+
+    from remax.config import LoraConfig
+    from remax.models.tiny import tiny_causal_lm
+    from remax.pipeline.rm import run_rm
+
+    rows = marker_pairs(16, 1)
+
+    def config(out, **kw):
+        return RMConfig(output_dir=str(tmp_path / out), steps=4, batch_size=4, lr=1e-2, eval_fraction=0, progress=False,
+                        lora=LoraConfig(r=4, alpha=8), **kw)
+
+    full = run_rm(config("full", save_every=2), rows=rows, model=tiny_causal_lm(tokenizer), tokenizer=tokenizer)["path"]
+    from safetensors.torch import load_file
+
+    saved = load_file(full / "adapter" / "adapter_model.safetensors")
+    assert any(".score." in k for k in saved) and any("lora_A" in k for k in saved)  # the head saved with the adapter
+    merged = AutoModelForSequenceClassification.from_pretrained(full).eval()
+    assert merged.config.num_labels == 1 and merged.config.pad_token_id == tokenizer.pad_token_id
+    base = tiny_causal_lm(tokenizer).state_dict()
+    trunk = {k.removeprefix("transformer."): v for k, v in merged.state_dict().items() if k.startswith("transformer.")}
+    changed = {k for k, v in trunk.items() if not torch.equal(v, base["transformer." + k])}
+    assert changed and all("c_attn" in k for k in changed)  # the adapted layers only, merged in
+    examples = rm_examples(PromptRows(rows), tokenizer, RMConfig(), max_length=64)
+    with torch.no_grad():
+        chosen, rejected = RMTask().scores(merged, examples)
+    reward = reward_scores(full, rows)
+    assert torch.allclose(reward, torch.cat([chosen, rejected]), atol=1e-5)
+    resumed = run_rm(config("resumed", resume=str(tmp_path / "full" / "checkpoints" / "step-2")), rows=rows,
+                     model=tiny_causal_lm(tokenizer), tokenizer=tokenizer)["path"]
+    a = AutoModelForSequenceClassification.from_pretrained(resumed).state_dict()
+    assert all(torch.equal(v, a[k]) for k, v in merged.state_dict().items())  # the head came back too
+
+
+def reward_scores(path, rows):
+    """RewardModelReward's scores of rows' chosen then rejected responses, all finished."""
+    from remax.rewards.model import RewardModelReward
+
+    reward = RewardModelReward(str(path))
+    responses = [ResponseText(r["chosen"], ended=True) for r in rows] + [ResponseText(r["rejected"], ended=True)
+                                                                        for r in rows]
+    return reward([r["prompt"] for r in rows] * 2, responses)
