@@ -39,7 +39,10 @@ def test_completion_nll_by_hand():
 def test_prompt_tokens_are_masked_and_the_completion_ends_with_eos(tokenizer):
     c = SFTConfig()
     ex = encode_row(sft_segments(ROWS[0], tokenizer, c, "prompt_completion", "row 0"), tokenizer, templated=False)
-    prompt = tokenizer("The Lord is")["input_ids"]  # as remax train encodes a prompt
+    from remax.data import encode_prompts
+
+    ids, mask = encode_prompts(tokenizer, ["The Lord is"], 256)  # the prompt ids remax train rolls out from
+    prompt = ids[0][mask[0].bool()].tolist()
     completion = tokenizer(" my shepherd", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert ex.input_ids == prompt + completion
     assert ex.labels == [IGNORE] * len(prompt) + completion
