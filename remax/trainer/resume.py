@@ -38,10 +38,12 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "reward_curve.png")
 RUN_DIRS = ("checkpoints", "final")
 
 # Config fields a resumed run may change: they do not change what is computed per step.
+# (train.strategy: auto and fsdp name one layout under an FSDP accelerate config; what
+# matters, the checkpoint's layout against the run's, is check_same_layout's.)
 RESUMABLE_CHANGES = (
     "output_dir", "overwrite", "resume", "train.steps", "train.micro_batch_size", "train.max_nonfinite_steps",
     "log.", "reward.timeout_s", "reward.on_error", "reward.max_consecutive_skips", "reward.batch_size",
-    "model.device",
+    "model.device", "train.strategy",
 )
 
 

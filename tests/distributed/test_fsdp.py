@@ -204,3 +204,17 @@ def test_strategy_choice_and_fsdp_refusals(monkeypatch):
     with pytest.raises(ConfigError, match="use bf16"):
         check_world(c, 2)  # before torchrun starts: `remax train --num_processes 2` checks it once
     check_world(c, 1)  # one process does not shard
+
+
+def test_a_changed_strategy_name_is_left_to_the_layout_check(tmp_path):
+    """auto and fsdp name one layout under accelerate's FSDP config: check_same_run lets the
+    name change, check_same_layout (above) refuses a real change of layout."""
+    from remax.config import Config, save_config
+    from remax.trainer.resume import check_same_run
+
+    saved = Config(output_dir=str(tmp_path))
+    saved.train.strategy = "auto"
+    save_config(saved, tmp_path / "config.yaml")
+    now = Config(output_dir=str(tmp_path))
+    now.train.strategy = "fsdp"
+    check_same_run(now, tmp_path)
