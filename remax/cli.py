@@ -33,6 +33,8 @@ commands:
           remax plan --model PATH --algo remax --batch 8 --max-new-tokens 256 [--zero 3 --gpus 8]
   serve-reward  serve a reward over HTTP for --reward.kind http:
           remax serve-reward --kind python --function reward.py:score [--port 8000 --token T]
+  serve-rollout  a vLLM engine in its own process for --rollout.backend vllm_server:
+          remax serve-rollout --model PATH [--port 8100 --cpus 0]
   eval    compare a policy with a reference on held-out prompts:
           remax eval --policy PATH --reference PATH --data FILE --reward.kind vader
   sft     supervised fine-tuning on prompt/completion or chat rows (the pipeline's step 1):
@@ -306,11 +308,26 @@ def cmd_train(args: Sequence[str]) -> int:
 def cmd_demo(args: Sequence[str]) -> int:
     from remax.demo import DemoConfig, run_demo
 
+    if "--pipeline" in args:  # the whole pipeline: pretrain, pairs, remax rm, ReMax against the proxy
+        from remax.demo.pipeline import PipelineConfig, run_pipeline
+
+        config = run_tyro(
+            PipelineConfig,
+            [a for a in args if a != "--pipeline"],
+            prog="remax demo --pipeline",
+            description="The paper's pipeline offline: pretrain (cached), preference pairs of the model's own "
+            "responses labelled by VADER (the gold reward), a Bradley-Terry reward model on them (the proxy), ReMax "
+            "against the proxy, held-out proxy and gold reward along training and the over-optimisation plot "
+            "(Gao et al. 2022). Under 10 minutes on 2 CPU cores.",
+        )
+        run_pipeline(config)
+        return 0
     config = run_tyro(
         DemoConfig,
         args,
         prog="remax demo",
-        description="Offline ReMax demo: no downloads, a few minutes on a laptop CPU.",
+        description="Offline ReMax demo: no downloads, a few minutes on a laptop CPU. "
+        "`remax demo --pipeline` runs the whole pipeline (pretrain, pairs, reward model, ReMax against it).",
     )
     run_demo(config)
     return 0
@@ -344,7 +361,30 @@ def cmd_serve_rollout(args: Sequence[str]) -> int:
     from remax.rollout.server import ServeRolloutConfig, serve
 
     config = run_tyro(
-        Servecmd_eval(args: Sequence[str]) -> int:
+        ServeRolloutConfig,
+        args,
+        prog="remax serve-rollout",
+        description="A vLLM engine serving rollouts to one trainer: POST /generate (sampled and greedy rows in one "
+        "request), weights pushed over torch.distributed, GET /health. Trainers use it with "
+        "--rollout.backend vllm_server --rollout.server_url http://HOST:PORT.",
+    )
+    serve(config)
+    return 0
+
+
+COMMANDS["serve-rollout"] = cmd_serve_rollout
+
+
+def cmd_plan(args: Sequence[str]) -> int:
+    from remax.plan import main as plan_main
+
+    return plan_main(args)
+
+
+COMMANDS["plan"] = cmd_plan
+
+
+def cmd_eval(args: Sequence[str]) -> int:
     from remax.eval import EvalConfig, run_eval
 
     config = run_tyro(
