@@ -561,8 +561,8 @@ def render(raw: dict[str, Any], cfg: QualityConfig) -> str:
     tokens = s.get("matched_tokens", 0.0) > 0
     rows = []
     for algo, p in s["per_algo"].items():
-        row = [algo, f"{p['start']['reward']:.3f}", f"{p['reward'][0]:.3f} +- {p['reward'][1]:.3f}",
-               f"{p['greedy_reward'][0]:.3f} +- {p['greedy_reward'][1]:.3f}"]
+        row = [algo, f"{p['start']['reward']:.3f} / {p['start']['greedy_reward']:.3f}",
+               f"{p['reward'][0]:.3f} +- {p['reward'][1]:.3f}", f"{p['greedy_reward'][0]:.3f} +- {p['greedy_reward'][1]:.3f}"]
         if gold:
             row += [f"{p['start']['gold_reward']:.3f}", f"{p['gold_reward'][0]:.3f} +- {p['gold_reward'][1]:.3f}"]
         row += [f"{p['kl'][0]:.3f} +- {p['kl'][1]:.3f}", p["reward_at_matched_kl"]]
@@ -571,7 +571,7 @@ def render(raw: dict[str, Any], cfg: QualityConfig) -> str:
         if tokens:
             row += [p["reward_at_matched_tokens"], p["greedy_at_matched_tokens"], p["curve"][-1]["gen_tokens"]]
         rows.append(row + [p["step_s"]])
-    head = ["algo", "held-out reward at start", "final held-out reward", "final greedy reward"]
+    head = ["algo", "held-out reward at start (sampled / greedy)", "final held-out reward", "final greedy reward"]
     if gold:
         head += ["gold at start", "final gold reward"]
     head += ["final KL", f"reward at KL {s['matched_kl']:.3f}"]

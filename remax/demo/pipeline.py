@@ -88,8 +88,8 @@ class PipelineConfig:
 def preference_pairs(model, tokenizer, prompts: list[str], gold, *, samples_per_prompt: int, max_new_tokens: int,
                      seed: int, chunk: int = 64) -> tuple[list[dict[str, str]], dict[str, float]]:
     """Rows {"prompt", "chosen", "rejected"} from `samples_per_prompt` sampled responses
-    (top-p 0.9, T 1, as the RL rollouts) per prompt: the gold reward's best and worst; a
-    prompt whose responses tie gives no row. Stats: pairs, tied prompts, mean gold gap."""
+    (top-p 0.9, T 1, as the RL rollouts) per prompt: the gold reward's best and worst of the
+    non-empty ones; a prompt whose responses tie gives no row. Stats: pairs, tied prompts, mean gold gap."""
     from remax.data import encode_prompts
     from remax.rollout import generate_rollout
     from remax.trainer.evaluate import decode_responses
@@ -106,9 +106,11 @@ def preference_pairs(model, tokenizer, prompts: list[str], gold, *, samples_per_
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             texts = [str(t) for t in decode_responses(tokenizer, ro.response_ids, ro.response_mask)]  # (len(part)*k,)
             scores = torch.as_tensor(gold([p for p in part for _ in range(k)], texts), dtype=torch.float32).view(-1, k)
+            empty = torch.tensor([not t.strip() for t in texts]).view(-1, k)  # an EOS at once: no text to rank
             for j, prompt in enumerate(part):
-                hi, lo = int(scores[j].argmax()), int(scores[j].argmin())
-                if scores[j, hi] > scores[j, lo]:
+                hi = int(scores[j].masked_fill(empty[j], -float("inf")).argmax())
+                lo = int(scores[j].masked_fill(empty[j], float("inf")).argmin())
+                if not empty[j, hi] and not empty[j, lo] and scores[j, hi] > scores[j, lo]:
                     rows.append({"prompt": prompt, "chosen": texts[j * k + hi], "rejected": texts[j * k + lo]})
                     gaps.append(float(scores[j, hi] - scores[j, lo]))
     stats = {"pairs": len(rows), "tied_prompts": len(prompts) - len(rows),

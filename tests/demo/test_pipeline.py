@@ -63,6 +63,12 @@ def test_preference_pairs_take_the_gold_best_and_worst(tmp_path):
     assert stats["pairs"] + stats["tied_prompts"] == 2
     for row in rows:
         assert len(row["chosen"]) > len(row["rejected"])
+    def gold_prefers_empty(prompts, responses):  # an empty response would win: it is never picked
+        return [10.0 if not r.strip() else float(len(r)) for r in responses]
+
+    rows3, _ = preference_pairs(model, tok, ["In the", "And God"] * 4, gold_prefers_empty, samples_per_prompt=4,
+                                max_new_tokens=2, seed=0)
+    assert all(row["chosen"].strip() and row["rejected"].strip() for row in rows3)
     rows2, _ = preference_pairs(model, tok, ["In the", "And God"], lambda p, r: [0.0] * len(r), samples_per_prompt=3,
                                 max_new_tokens=6, seed=0)
     assert rows2 == []  # all tied: no pair
