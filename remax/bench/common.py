@@ -144,7 +144,7 @@ def get_algorithm_or_input_error(name: str):
 
 
 def trainer_config(algo: str, *, prompts: int, n: int, max_new_tokens: int, kl_coef: float,
-                   device: str, seed: int, output_dir: str):
+                   device: str, seed: int, output_dir: str, mixed_precision: str = "no"):
     """A remax Config for one benchmark run: one micro-batch per step (all rows at once),
     top-p 0.9 at temperature 1, PPO / GRPO at 1 epoch x 1 minibatch, no progress bar or plot."""
     from remax.config import Config
@@ -156,6 +156,7 @@ def trainer_config(algo: str, *, prompts: int, n: int, max_new_tokens: int, kl_c
     cfg.train.batch_size, cfg.train.micro_batch_size = prompts, prompts * n
     cfg.train.seed = seed
     cfg.loss.kl_coef = kl_coef
+    cfg.train.mixed_precision = mixed_precision  # the bench's --mixed_precision (no = fp32)
     cfg.log.progress, cfg.log.plot = False, False
     return cfg
 
@@ -312,7 +313,8 @@ def measure_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     perf/* seconds, token counts and floor FLOPs, plus peak memory (CUDA allocator peak,
     or peak RSS on CPU), the RSS before the model was loaded, and the matmul rate.
 
-    spec keys: algo, model_dir, prompts, n, max_new_tokens, kl_coef, device, seed, warmup, steps."""
+    spec keys: algo, model_dir, prompts, n, max_new_tokens, kl_coef, device, seed, warmup, steps
+    (and mixed_precision: no, bf16 or fp16; no when absent)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -331,7 +333,7 @@ def measure_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="remax-bench-run-") as out:
         cfg = trainer_config(spec["algo"], prompts=spec["prompts"], n=spec["n"], device=device,
                              max_new_tokens=spec["max_new_tokens"], kl_coef=spec["kl_coef"],
-                             seed=spec["seed"], output_dir=out)
+                             seed=spec["seed"], output_dir=out, mixed_precision=spec.get("mixed_precision", "no"))
         trainer = Trainer(cfg, policy=policy, tokenizer=tokenizer, reward_fn=reward, rows=rows)
         models = {"policy": trainer.policy, "reference": trainer.reference}
         if trainer.critic is not None:
@@ -341,6 +343,7 @@ def measure_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
     return {"algo": spec["algo"], "prompts": spec["prompts"], "n": spec["n"], "device": device,
             "params": floor.params, "matmul_gflops": gflops, "base_rss_mb": base_mb, "peak_mem_mb": peak,
+            "mixed_precision": trainer.dist.precision.mode,  # what the run resolved, not what was asked
             **analytic_bytes(trainer), "steps": steps}
 
 

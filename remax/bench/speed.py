@@ -15,7 +15,12 @@ What is measured and how:
   in the same run (the median over the workers). time / floor = how far a phase is from
   running at matmul speed.
 - equal work rule: every algorithm trains on prompts x n sampled responses per step; rloo and
-  grpo need n >= 2, so at n = 1 they run prompts/2 x 2 (remax.bench.common.samples_rule).
+  grpo need n >= 2, so at n = 1 they run prompts/2 x 2 (remax.bench.common.samples_rule);
+- precision (`--mixed_precision no bf16`): each algorithm (and TRL's GRPO in the race, with
+  its `bf16=True`) runs at each precision, interleaved with the rest; runs are then labelled
+  ALGO@PRECISION, ratios to PPO / REINFORCE are taken within one precision, and a table
+  gives each precision's step time against the first one's. bf16 pays where the CPU has
+  AMX (or on any GPU); with AVX-512 BF16 alone it may not (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class SpeedConfig:
     """Untimed steps at the start of each subprocess."""
     steps: int = 2
     """Timed steps per subprocess."""
+    mixed_precision: tuple[str, ...] = ("no",)
+    """Precisions (--train.mixed_precision: no = fp32, bf16, fp16), each algorithm at each; several: compared to the first."""
     trl: bool = False
     """Also race TRL's GRPOTrainer (pip install 'remax[bench]') against remax's ReMax and GRPO."""
     trl_prompts: int = 8
@@ -105,26 +112,52 @@ def check_config(cfg: SpeedConfig) -> str:
 
         require_trl()
     device = common.resolve_device(cfg.device)
+    check_precisions(cfg.mixed_precision, device, cfg.trl)
     common.check_size(cfg.size, device)
     for algo in cfg.algos:
         common.samples_rule(algo, cfg.prompts, cfg.n)
     return device
 
 
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def check_precisions(modes: Sequence[str], device: str, trl: bool) -> None:
+    """--mixed_precision: known names, no repeats (InputError, one line)."""
+    if not modes:
+        raise InputError("--mixed_precision needs at least one of no, bf16, fp16")
+    for mode in modes:
+        if mode not in PRECISIONS:
+            raise InputError(f"--mixed_precision {mode!r} is not one of {', '.join(PRECISIONS)} (no = fp32)")
+    if len(set(modes)) != len(modes):
+        raise InputError(f"--mixed_precision {' '.join(modes)}: a precision is named twice")
+    if trl and "fp16" in modes and device == "cpu":
+        raise InputError("--trl with --mixed_precision fp16: TRL (transformers' Trainer) runs fp16 on GPUs only; "
+                         "use no or bf16 on CPU")
+
+
+def label(name: str, mode: str, cfg: SpeedConfig) -> str:
+    """A run's label: the algorithm's name, with @PRECISION when several precisions run."""
+    return name if len(cfg.mixed_precision) == 1 else f"{name}@{mode}"
+
+
 def jobs(cfg: SpeedConfig, model_dir: str, device: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """label -> (worker target, spec) for every measured run of one repetition."""
-    base = dict(model_dir=model_dir, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef,
-                device=device, seed=cfg.seed, warmup=cfg.warmup, steps=cfg.steps, threads=cfg.threads)
     out = {}
-    for algo in cfg.algos:
-        prompts, n = common.samples_rule(algo, cfg.prompts, cfg.n)
-        out[algo] = (TRAINER, dict(base, algo=algo, prompts=prompts, n=n))
-    if cfg.trl:
-        race = dict(base, prompts=cfg.trl_prompts, n=cfg.trl_n)
-        for algo in cfg.trl_algos:
-            if out.get(algo, (None, {}))[1] != dict(race, algo=algo):  # else: that run serves the race too
-                out[f"race/{algo}"] = (TRAINER, dict(race, algo=algo))
-        out["race/trl-grpo"] = ("remax.bench.trl_race:measure_trl", dict(race, algo="trl-grpo"))
+    for mode in cfg.mixed_precision:
+        base = dict(model_dir=model_dir, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, device=device,
+                    seed=cfg.seed, warmup=cfg.warmup, steps=cfg.steps, threads=cfg.threads, mixed_precision=mode)
+        for algo in cfg.algos:
+            prompts, n = common.samples_rule(algo, cfg.prompts, cfg.n)
+            out[label(algo, mode, cfg)] = (TRAINER, dict(base, algo=algo, prompts=prompts, n=n))
+        if cfg.trl:
+            race = dict(base, prompts=cfg.trl_prompts, n=cfg.trl_n)
+            for algo in cfg.trl_algos:
+                main = label(algo, mode, cfg)
+                if out.get(main, (None, {}))[1] != dict(race, algo=algo):  # else: that run serves the race too
+                    out[f"race/{main}"] = (TRAINER, dict(race, algo=algo))
+            out[f"race/{label('trl-grpo', mode, cfg)}"] = ("remax.bench.trl_race:measure_trl",
+                                                           dict(race, algo="trl-grpo"))
     return out
 
 
@@ -152,13 +185,20 @@ def run_speed(cfg: SpeedConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
     model_dir = str(common.prepare_model_dir(cfg.size, cfg.work_dir or common.default_work_dir(), cfg.seed))
     results = run_interleaved(jobs(cfg, model_dir, device), cfg.repeats)
     rate = median(r["matmul_gflops"] for rs in results.values() for r in rs if "matmul_gflops" in r)
-    summary = {a: summarize(results[a], rate) for a in cfg.algos}
-    add_ratios(summary, results, cfg.algos)
-    race = race_summary(results, cfg.trl_algos) if cfg.trl else None
+    summary: dict[str, dict[str, Any]] = {}
+    race: Optional[dict[str, Any]] = {} if cfg.trl else None
+    for mode in cfg.mixed_precision:
+        mine = {label(a, mode, cfg): summarize(results[label(a, mode, cfg)], rate) for a in cfg.algos}
+        add_ratios(mine, results, {label(a, mode, cfg): a for a in cfg.algos}, mode, cfg)
+        summary.update(mine)
+        if race is not None:
+            race.update(race_summary(results, [label(a, mode, cfg) for a in cfg.trl_algos],
+                                     label("trl-grpo", mode, cfg)))
+    precision = precision_summary(results, summary, race, cfg)
     params = next(iter(results.values()))[0]["params"]["policy"]
     raw = {"command": common.command_line("remax bench speed", argv), "config": vars(cfg),
            "machine": common.machine_info(device), "params": params, "matmul_gflops": rate,
-           "summary": summary, "race": race, "runs": results}
+           "summary": summary, "race": race, "precision": precision, "runs": results}
     markdown = render(raw, cfg)
     paths = common.write_results(cfg.out, f"speed-{cfg.size}", markdown, raw)
     return dict(raw, markdown=markdown, paths=paths)
@@ -193,38 +233,87 @@ def _per_rep_step(runs: list[dict[str, Any]]) -> dict[int, float]:
     return {r["rep"]: median(s["perf/step_s"] for s in r["steps"]) for r in runs}
 
 
-def add_ratios(summary: dict[str, dict[str, Any]], results: dict[str, list[dict]], algos: Sequence[str]) -> None:
-    """step_s / PPO's and / REINFORCE's (ratio of medians), with the min-max of the ratios
-    taken within each repetition; peak memory / PPO's."""
+def add_ratios(summary: dict[str, dict[str, Any]], results: dict[str, list[dict]], algos: dict[str, str],
+               mode: str = "no", cfg: Optional[SpeedConfig] = None) -> None:
+    """step_s / PPO's and / REINFORCE's at the same precision (ratio of medians), with the
+    min-max of the ratios taken within each repetition; peak memory / PPO's. `algos`:
+    label -> algorithm name."""
     for ref in ("ppo", "reinforce"):
-        if ref not in summary:
+        ref_label = label(ref, mode, cfg) if cfg is not None else ref
+        if ref_label not in summary:
             continue
-        ref_rep = _per_rep_step(results[ref])
-        for algo in algos:
-            s = summary[algo]
-            s[f"step_vs_{ref}"] = s["step_s"] / summary[ref]["step_s"]
-            reps = [v / ref_rep[k] for k, v in _per_rep_step(results[algo]).items() if k in ref_rep]
+        ref_rep = _per_rep_step(results[ref_label])
+        for name in algos:
+            s = summary[name]
+            s[f"step_vs_{ref}"] = s["step_s"] / summary[ref_label]["step_s"]
+            reps = [v / ref_rep[k] for k, v in _per_rep_step(results[name]).items() if k in ref_rep]
             s[f"step_vs_{ref}_range"] = [min(reps), max(reps)]
-            s[f"mem_vs_{ref}"] = s["peak_mem_mb"] / summary[ref]["peak_mem_mb"]
+            s[f"mem_vs_{ref}"] = s["peak_mem_mb"] / summary[ref_label]["peak_mem_mb"]
 
 
-def race_summary(results: dict[str, list[dict[str, Any]]], algos: Sequence[str]) -> dict[str, Any]:
-    """remax's algorithms (ReMax, GRPO) vs TRL's GRPO: seconds per 1k sampled tokens (the
-    trained-on responses; ReMax's greedy rows are extra work it must pay), TRL's time / remax's."""
+def race_summary(results: dict[str, list[dict[str, Any]]], algos: Sequence[str],
+                 trl_label: str = "trl-grpo") -> dict[str, Any]:
+    """remax's algorithms (ReMax, GRPO) vs TRL's GRPO (at one precision: `algos` and
+    `trl_label` are run labels): seconds per 1k sampled tokens (the trained-on responses;
+    ReMax's greedy rows are extra work it must pay), TRL's time / remax's, with the min-max
+    of that ratio taken within each repetition."""
     out = {}
-    for label in [f"race/{a}" for a in algos] + ["race/trl-grpo"]:
-        runs = results.get(label) or results[label.split("/", 1)[1]]  # a main run at the race's settings
+    for run in [f"race/{a}" for a in algos] + [f"race/{trl_label}"]:
+        runs = results.get(run) or results[run.split("/", 1)[1]]  # a main run at the race's settings
         steps = _steps(runs)
-        out[label] = {"prompts": runs[0]["prompts"], "n": runs[0]["n"],
+        out[run] = {"prompts": runs[0]["prompts"], "n": runs[0]["n"],
                       "step_s": median(s["perf/step_s"] for s in steps),
                       "sampled_tokens": median(s["tokens/sampled"] for s in steps),
                       "s_per_1k_sampled": median(1e3 * s["perf/step_s"] / s["tokens/sampled"] for s in steps),
                       "generated_tok_per_s": median(s["tokens/generated"] / s["perf/step_s"] for s in steps),
                       "peak_mem_mb": max(r["peak_mem_mb"] for r in runs)}
-    trl = out["race/trl-grpo"]["s_per_1k_sampled"]
-    for label in [f"race/{a}" for a in algos]:
-        out[label]["trl_over_this"] = trl / out[label]["s_per_1k_sampled"]
+    trl = out[f"race/{trl_label}"]["s_per_1k_sampled"]
+    trl_reps = _per_rep_per_token(results[f"race/{trl_label}"])
+    for name in algos:
+        run = f"race/{name}"
+        out[run]["trl_over_this"] = trl / out[run]["s_per_1k_sampled"]
+        mine = _per_rep_per_token(results.get(run) or results[name])
+        reps = [trl_reps[k] / v for k, v in mine.items() if k in trl_reps]
+        out[run]["trl_over_this_range"] = [min(reps), max(reps)] if reps else [float("nan")] * 2
     return out
+
+
+def _per_rep_per_token(runs: list[dict[str, Any]]) -> dict[int, float]:
+    return {r.get("rep", 0): median(s["perf/step_s"] / s["tokens/sampled"] for s in r["steps"]) for r in runs}
+
+
+def precision_summary(results: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, Any]],
+                      race: Optional[dict[str, Any]], cfg: SpeedConfig) -> Optional[list[dict[str, Any]]]:
+    """With several precisions: each run (main and race) at each precision against the same
+    run at the first precision: the ratio of median seconds per sampled token (first /
+    this: > 1 is faster), with the min-max of the ratios taken within each repetition."""
+    modes = cfg.mixed_precision
+    if len(modes) < 2:
+        return None
+    names = [(a, "") for a in cfg.algos]
+    if cfg.trl:
+        # a race run that a main run served is in the table once, as the main run
+        names += [(a, "race/") for a in cfg.trl_algos if f"race/{label(a, modes[0], cfg)}" in results]
+        names += [("trl-grpo", "race/")]
+    rows = []
+    for name, prefix in names:
+        first = _runs(results, prefix + label(name, modes[0], cfg))
+        first_reps = _per_rep_per_token(first)
+        for mode in modes:
+            runs = _runs(results, prefix + label(name, mode, cfg))
+            reps = _per_rep_per_token(runs)
+            ratios = [first_reps[k] / v for k, v in reps.items() if k in first_reps]
+            per_token = median(s["perf/step_s"] / s["tokens/sampled"] for s in _steps(runs))
+            first_per_token = median(s["perf/step_s"] / s["tokens/sampled"] for s in _steps(first))
+            rows.append({"run": prefix + name, "precision": mode, "prompts": runs[0]["prompts"], "n": runs[0]["n"],
+                         "step_s": median(s["perf/step_s"] for s in _steps(runs)),
+                         "s_per_1k_sampled": 1e3 * per_token, "speedup": first_per_token / per_token,
+                         "speedup_range": [min(ratios), max(ratios)]})
+    return rows
+
+
+def _runs(results: dict[str, list[dict[str, Any]]], run: str) -> list[dict[str, Any]]:
+    return results.get(run) or results[run.split("/", 1)[1]]  # a race run served by a main run
 
 
 # -------------------------------------------------------------- report
@@ -246,7 +335,8 @@ def render(raw: dict[str, Any], cfg: SpeedConfig) -> str:
              f"{cfg.repeats} interleaved repetitions x {cfg.steps} timed steps (after {cfg.warmup} warm-up); "
              f"median step; ratios are of medians, (min-max over repetitions); "
              f"fp32 matmul rate measured in this run: {raw['matmul_gflops']:.1f} GFLOP/s; "
-             f"torch threads per process: {cfg.threads or 'default'}", ""]
+             f"torch threads per process: {cfg.threads or 'default'}; precision (--train.mixed_precision): "
+             f"{', '.join(cfg.mixed_precision)} (no = fp32; float32 master weights and Adam)", ""]
     rows = [[a, f"{s['prompts']}x{s['n']}", s["step_s"], s["rollout_s"], s["score_s"], s["prepare_s"],
              s["update_s"], s["other_s"], s["peak_mem_mb"], s["generated_tok_per_s"],
              _ratio(s, "ppo"), _ratio(s, "reinforce"), s.get("mem_vs_ppo", float("nan"))]
@@ -261,17 +351,35 @@ def render(raw: dict[str, Any], cfg: SpeedConfig) -> str:
                                      "rollout floor s", "prepare floor s", "update floor s"], floors)]
     if raw["race"]:
         lines += ["", *render_race(raw["race"])]
+    if raw.get("precision"):
+        lines += ["", *render_precision(raw["precision"], cfg.mixed_precision[0])]
     return "\n".join(lines)
 
 
 def render_race(race: dict[str, Any]) -> list[str]:
-    rows = [[label.split("/", 1)[1], f"{r['prompts']}x{r['n']}", r["step_s"], r["sampled_tokens"],
-             r["s_per_1k_sampled"], r["generated_tok_per_s"], r["peak_mem_mb"], r.get("trl_over_this", 1.0)]
-            for label, r in race.items()]
+    rows = [[run.split("/", 1)[1], f"{r['prompts']}x{r['n']}", r["step_s"], r["sampled_tokens"],
+             r["s_per_1k_sampled"], r["generated_tok_per_s"], r["peak_mem_mb"], _range(r)]
+            for run, r in race.items()]
     return ["Race against TRL's GRPOTrainer (same model dir, prompts x samples, max new tokens, KL beta, "
-            "top-p, lr; no vLLM, 1 iteration, fp32, no gradient checkpointing):", "",
+            "top-p, lr; no vLLM, 1 iteration, no gradient checkpointing; each side at the precision in its "
+            "label, fp32 without one: remax --train.mixed_precision, TRL bf16=True):", "",
             common.markdown_table(["run", "prompts x n", "step s", "sampled tokens", "s / 1k sampled tokens",
                                    "gen tok/s", "peak MiB", "TRL time / this (per sampled token)"], rows)]
+
+
+def _range(r: dict[str, Any]) -> str:
+    if "trl_over_this" not in r:
+        return "1"
+    lo, hi = r["trl_over_this_range"]
+    return f"{r['trl_over_this']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def render_precision(rows: list[dict[str, Any]], first: str) -> list[str]:
+    table = [[r["run"], r["precision"], f"{r['prompts']}x{r['n']}", r["step_s"], r["s_per_1k_sampled"],
+              f"{r['speedup']:.2f} ({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f})"] for r in rows]
+    return [f"Each run at each precision against the same run at {first} (per sampled token; > 1: faster):", "",
+            common.markdown_table(["run", "precision", "prompts x n", "step s", "s / 1k sampled tokens",
+                                   f"{first} time / this"], table)]
 
 
 if __name__ == "__main__":

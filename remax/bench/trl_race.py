@@ -9,8 +9,10 @@ Matching settings: the same save_pretrained directory (TRL rebuilds its referenc
 from the model's path, so the policy is given as that path), prompts x samples
 (per_device_train_batch_size = prompts * n rows in one micro-batch, num_generations = n),
 max new tokens, temperature 1, top-p 0.9, no top-k, KL beta = kl_coef, lr 1e-6,
-num_iterations 1 (one optimizer step per generation batch, as remax), fp32 (TRL defaults
-to bf16), no gradient checkpointing (TRL defaults to it), no vLLM, dropout off, the
+num_iterations 1 (one optimizer step per generation batch, as remax), the precision of
+the remax runs it races (spec["mixed_precision"]: no -> fp32, bf16 -> `bf16=True`, TRL's
+autocast over float32 master weights, as remax's --train.mixed_precision bf16; TRL's own
+default is bf16), no gradient checkpointing (TRL defaults to it), no vLLM, dropout off, the
 VADER reward. TRL's own loss_type and reward scaling stay at their defaults.
 """
 
@@ -57,11 +59,12 @@ def grpo_config(spec: dict[str, Any], output_dir: str):
     from trl import GRPOConfig
 
     rows = spec["prompts"] * spec["n"]
+    mode = spec.get("mixed_precision", "no")
     return GRPOConfig(
         output_dir=output_dir, max_steps=spec["warmup"] + spec["steps"], per_device_train_batch_size=rows,
         gradient_accumulation_steps=1, num_generations=spec["n"], max_completion_length=spec["max_new_tokens"],
         temperature=1.0, top_p=0.9, top_k=0, beta=spec["kl_coef"], num_iterations=1, learning_rate=1e-6,
-        bf16=False, fp16=False, gradient_checkpointing=False, use_vllm=False, disable_dropout=True,
+        bf16=mode == "bf16", fp16=mode == "fp16", gradient_checkpointing=False, use_vllm=False, disable_dropout=True,
         use_cpu=spec["device"] == "cpu", seed=spec["seed"], data_seed=spec["seed"], report_to="none",
         save_strategy="no", logging_steps=1, log_completions=False, dataloader_num_workers=0,
         model_init_kwargs={"dtype": "float32"}, disable_tqdm=True,
@@ -98,9 +101,11 @@ def measure_trl(spec: dict[str, Any]) -> dict[str, Any]:
                               train_dataset=dataset, processing_class=tokenizer,
                               callbacks=[_timer_callback(record)])
         trainer.train()
+        mixed = str(trainer.accelerator.mixed_precision)  # what TRL's accelerator ran: no / bf16 / fp16
     rows = spec["prompts"] * spec["n"]
     steps = [{"perf/step_s": r["perf/step_s"], "tokens/sampled": r["mean_length"] * rows,
               "tokens/generated": r["mean_length"] * rows} for r in record[spec["warmup"]:]]
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
     return {"algo": "trl-grpo", "prompts": spec["prompts"], "n": spec["n"], "device": device,
-            "matmul_gflops": gflops, "base_rss_mb": base_mb, "peak_mem_mb": peak, "steps": steps}
+            "matmul_gflops": gflops, "base_rss_mb": base_mb, "peak_mem_mb": peak, "mixed_precision": mixed,
+            "steps": steps}

@@ -18,17 +18,21 @@ HAVE_TRL = importlib.util.find_spec("trl") is not None
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TRL, reason="TRL is not installed: pip install 'remax[bench]'")
-def test_speed_with_trl_race_on_tiny(bench_root, tmp_path, capsys):
+def test_speed_with_trl_race_on_tiny_in_fp32_and_bf16(bench_root, tmp_path, capsys):
     out = tmp_path / "results"
-    # remax at 2 x 2 serves as both a main run and the race's remax run: 2 worker processes
+    # remax at 2 x 2 serves as both a main run and the race's remax run; each side at each
+    # precision: 4 worker processes
     argv = ["speed", "--size", "tiny", "--algos", "remax", "--prompts", "2", "--n", "2",
             "--max_new_tokens", "4", "--repeats", "1", "--warmup", "0", "--steps", "1", "--trl", "True",
-            "--trl_prompts", "2", "--trl_n", "2", "--trl_algos", "remax", "--out", str(out),
-            "--work_dir", str(bench_root)]
+            "--trl_prompts", "2", "--trl_n", "2", "--trl_algos", "remax", "--mixed_precision", "no", "bf16",
+            "--out", str(out), "--work_dir", str(bench_root)]
     assert bench_main(argv) == 0
-    assert "| remax | 2x2 |" in capsys.readouterr().out
+    assert "| remax@bf16 | 2x2 |" in capsys.readouterr().out
     raw = json.loads((out / "speed-tiny.json").read_text())
-    assert set(raw["runs"]) == {"remax", "race/trl-grpo"}
+    assert set(raw["runs"]) == {"remax@no", "remax@bf16", "race/trl-grpo@no", "race/trl-grpo@bf16"}
+    # the precision reached each side (what the run resolved: remax's Precision, TRL's accelerator)
+    for run, runs in raw["runs"].items():
+        assert runs[0]["mixed_precision"] == run.rsplit("@", 1)[1], run
     for algo, s in raw["summary"].items():
         parts = sum(s[f"{p}_s"] for p in ("rollout", "score", "prepare", "update"))
         assert 0 < parts <= s["step_s"] * 1.001, algo
@@ -36,11 +40,33 @@ def test_speed_with_trl_race_on_tiny(bench_root, tmp_path, capsys):
         assert s["generated_tok_per_s"] > 0 and s["steps_timed"] == 1
         for phase in ("rollout", "prepare", "update"):  # a phase cannot beat matmul speed by much
             assert s[f"{phase}_floor_s"] > 0 and s[f"{phase}_x_floor"] > 0.5, (algo, phase)
-    assert "step_vs_ppo" not in raw["summary"]["remax"]  # no PPO run, no ratio to it
+    assert "step_vs_ppo" not in raw["summary"]["remax@no"]  # no PPO run, no ratio to it
     race = raw["race"]
-    assert race["race/remax"]["sampled_tokens"] > 0 and race["race/trl-grpo"]["sampled_tokens"] > 0
-    assert race["race/remax"]["trl_over_this"] > 0 and race["race/trl-grpo"]["step_s"] > 0
-    assert "Race against TRL" in (out / "speed-tiny.md").read_text()
+    for mode in ("no", "bf16"):  # each precision raced against TRL at the same precision
+        mine, trl = race[f"race/remax@{mode}"], race[f"race/trl-grpo@{mode}"]
+        assert mine["sampled_tokens"] > 0 and trl["sampled_tokens"] > 0
+        ratio = trl["s_per_1k_sampled"] / mine["s_per_1k_sampled"]
+        assert mine["trl_over_this"] == pytest.approx(ratio)
+        assert mine["trl_over_this_range"] == pytest.approx([ratio, ratio])  # one repetition
+    rows = {(r["run"], r["precision"]): r for r in raw["precision"]}
+    assert set(rows) == {(run, mode) for run in ("remax", "race/trl-grpo") for mode in ("no", "bf16")}
+    assert rows[("remax", "no")]["speedup"] == pytest.approx(1.0)
+    bf16 = rows[("remax", "bf16")]
+    assert bf16["speedup"] == pytest.approx(rows[("remax", "no")]["s_per_1k_sampled"] / bf16["s_per_1k_sampled"])
+    text = (out / "speed-tiny.md").read_text()
+    assert "Race against TRL" in text and "against the same run at no" in text
+
+
+def test_speed_refuses_bad_precisions():
+    from remax.bench.speed import check_precisions
+
+    check_precisions(["no", "bf16"], "cpu", trl=True)
+    with pytest.raises(InputError, match="not one of no, bf16, fp16"):
+        check_precisions(["fp8"], "cpu", trl=False)
+    with pytest.raises(InputError, match="named twice"):
+        check_precisions(["bf16", "bf16"], "cpu", trl=False)
+    with pytest.raises(InputError, match="use no or bf16 on CPU"):
+        check_precisions(["fp16"], "cpu", trl=True)
 
 
 @pytest.mark.slow
