@@ -12,7 +12,14 @@ beyond config.json), the rest from the shapes in the config. Per device, in byte
                three again) + reward model
     peak     = static - gradients + max(gradients + KV cache of the rollout,
                                          activations of one micro-batch [+ gradients when
-                                         there are several micro-batches to accumulate])
+                                         there are several micro-batches to accumulate],
+                                         gradients + the Adam step's temporaries)
+
+Mixed precision (--mixed-precision bf16, remax's --train.mixed_precision): the state stays
+in --dtype (float32 master weights, gradients and moments), activations, the KV cache and
+the LM head's output are 2 bytes except the float32 residual stream and norms
+(`mixed_activation_bytes`), and autocast's bf16 copies of the trained matmul weights (2
+bytes each) live from the update's forward through its backward.
 
 Sharding divides weights (ZeRO-3 / FSDP FULL_SHARD), gradients (ZeRO >= 2) and Adam
 moments (ZeRO >= 1) by the number of GPUs. Activations per token per layer are the
@@ -27,9 +34,10 @@ time. The log-prob head keeps
 logsumexp's saved input and the gradient). ReMax's saving against PPO, with fp32 and Adam,
 is 20 N bytes (policy 16 N + reference 4 N) against 36 N (+ critic 16 N).
 
-Not counted: the CUDA context and allocator slack (~1 GB per GPU), the optimizer's
-temporary buffers, and communication buffers; the fit check keeps a 10% margin for them.
-Checked against measured peak memory on CPU (`benchmarks/plan_vs_measured.py`).
+Not counted: the CUDA context and allocator slack (~1 GB per GPU) and communication
+buffers; the fit check keeps a 10% margin for them. Checked against measured peak memory
+on CPU (`python -m remax.bench.plan_check`, with `--holdout` on a Qwen2.5-0.5B-shaped and a
+Llama-shaped model that did not set the constants; benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -61,6 +69,8 @@ class ModelShape:
     kv_dim: int  # num_key_value_heads * head_dim
     vocab: int
     heads: int = 1
+    largest_param: int = 0  # entries of the largest parameter tensor (often the embedding): the CPU Adam step's temporaries
+    matmul_params: int = 0  # weights of matmuls (linear layers, the LM head; not a lookup-only embedding): autocast's copies
 
 
 @dataclass
@@ -79,6 +89,8 @@ class PlanInputs:
     reference_offload: bool = False
     gradient_checkpointing: bool = False
     flash_attention: bool = False  # True: no L x L attention scores kept (flash / memory-efficient SDPA on GPUs)
+    mixed_precision: str = "no"  # --train.mixed_precision: no | bf16 | fp16 (float32 master weights, low-precision compute)
+    foreach: bool = True  # torch's AdamW on GPUs (foreach); on CPU it loops over the tensors (see optimizer_step_bytes)
     device_memory_gb: Optional[float] = None
 
 
@@ -154,6 +166,9 @@ def model_shape(config: Any) -> ModelShape:
         w = getattr(module, "weight", None)
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
             lora += sum(w.shape)  # in + out features either way round
+    # every matmul weight, the LM head too, a tied one once (the list holds them while ids are compared)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"]
+    matmul = {id(w): w.numel() for w in weights}
     return ModelShape(
         params=sum(p.numel() for p in model.parameters()),
         trunk_params=sum(p.numel() for p in model.base_model.parameters()),
@@ -164,6 +179,8 @@ def model_shape(config: Any) -> ModelShape:
         kv_dim=kv_heads * head_dim,
         vocab=int(text.vocab_size),
         heads=heads,
+        largest_param=max(p.numel() for p in model.parameters()),
+        matmul_params=sum(matmul.values()),
     )
 
 
@@ -184,8 +201,34 @@ def activation_bytes(s: ModelShape, rows: int, tokens: int, w: int, checkpointin
     return rows * tokens * s.layers * per_token_layer * w
 
 
-def logit_bytes(s: ModelShape, rows: int, response_tokens: int) -> float:
-    return LOGIT_COPIES * rows * (response_tokens + 1) * s.vocab * 4
+def mixed_activation_bytes(s: ModelShape, rows: int, tokens: int, checkpointing: bool, flash: bool = False) -> float:
+    """`activation_bytes` under bf16 / fp16 autocast with float32 weights: the same tensors
+    at 2 bytes, except that the residual stream stays float32 (float32 embeddings + low-
+    precision block outputs promote to float32), so the two norms' inputs and outputs (4 h
+    elements) keep 4 bytes (+8 h bytes), and each linear saves its own low-precision copy
+    of a float32 input (q / k / v or GPT-2's fused qkv, the MLP's input projections: about
+    4 h elements, +8 h bytes): 2 x elements + 16 h bytes per token and layer."""
+    per_token_layer = 2 * (8 * s.hidden + 5 * s.intermediate + (0 if flash else 2 * s.heads * tokens)) + 16 * s.hidden
+    if checkpointing:  # the kept layer inputs are the float32 residual stream
+        return rows * tokens * (4 * s.layers * s.hidden + per_token_layer)
+    return rows * tokens * s.layers * per_token_layer
+
+
+def logit_bytes(s: ModelShape, rows: int, response_tokens: int, mixed: bool = False) -> float:
+    """The log-prob head's float32 copies of the (rows, R + 1, V) logits; under autocast the
+    LM head's own output is low precision (2 bytes) and the float32 copies come on top."""
+    return (LOGIT_COPIES * 4 + (2 if mixed else 0)) * rows * (response_tokens + 1) * s.vocab
+
+
+def optimizer_step_bytes(s: ModelShape, trainable: int, w: int, foreach: bool, shard: int = 1) -> float:
+    """Temporaries of one AdamW step, alive with weights, gradients and moments (after the
+    activations are gone): torch's foreach AdamW (its default on GPUs) builds sqrt(v) for
+    every trained tensor at once (one temporary the size of all of them); on CPU it loops
+    over the tensors and `exp_avg_sq.sqrt() / bias_correction` holds two temporaries the
+    size of the tensor at hand, at most the largest (a 151,936 x 896 embedding: 1.09 GB)."""
+    if foreach:
+        return trainable * w / shard
+    return 2 * min(s.largest_param, trainable) * w
 
 
 def kv_cache_bytes(s: ModelShape, rows: int, tokens: int, w: int) -> float:
@@ -194,6 +237,9 @@ def kv_cache_bytes(s: ModelShape, rows: int, tokens: int, w: int) -> float:
 
 def plan(shape: ModelShape, p: PlanInputs) -> Plan:
     """Peak memory per device for `p` on a model of `shape`."""
+    if p.mixed_precision not in ("no", "bf16", "fp16"):
+        raise InputError(f"--mixed-precision {p.mixed_precision!r} is not one of no, bf16, fp16")
+    mixed = p.mixed_precision != "no"
     w = DTYPE_BYTES[p.dtype]
     w_ref = DTYPE_BYTES[p.reference_dtype or p.dtype]
     lora = p.lora_r * shape.lora_params_per_rank
@@ -211,17 +257,35 @@ def plan(shape: ModelShape, p: PlanInputs) -> Plan:
     micro = min(p.micro_batch, rows)
     tokens = p.prompt_tokens + p.max_new_tokens
     trunks = 2 if p.algo == "ppo" else 1  # the critic's forward runs in the same micro-batch
-    act = trunks * activation_bytes(shape, micro, tokens, w, p.gradient_checkpointing, p.flash_attention)
-    act += logit_bytes(shape, micro, p.max_new_tokens)
-    rollout = kv_cache_bytes(shape, prompts * (p.n_samples + greedy), tokens, w)
+    if mixed:
+        act = trunks * mixed_activation_bytes(shape, micro, tokens, p.gradient_checkpointing, p.flash_attention)
+    else:
+        act = trunks * activation_bytes(shape, micro, tokens, w, p.gradient_checkpointing, p.flash_attention)
+    act += logit_bytes(shape, micro, p.max_new_tokens, mixed)
+    kv_w = 2 if mixed else w  # under autocast k and v come out of a low-precision linear
+    rollout = kv_cache_bytes(shape, prompts * (p.n_samples + greedy), tokens, kv_w)
     parts["activations (one micro-batch)"] = act
+    if mixed:
+        # autocast's low-precision copies of the trained weights, kept from the update's forward
+        # through its backward (the cache of casts, and the copies the matmuls save)
+        copies = 2 * shape.matmul_params * (1 if not p.lora_r else 0)
+        copies += 2 * (shape.trunk_params if p.algo == "ppo" else 0)
+        parts["autocast weight copies"] = copies
+        act += copies
     parts["rollout KV cache"] = rollout
+    if mixed:  # no-grad forwards under autocast (rollout, reference) cast each weight as they use it: the LM head's
+        parts["autocast cast of the LM head"] = head_cast = 2 * shape.vocab * shape.hidden
+        rollout += head_cast
+    trainable_all = trainable + (shape.trunk_params + shape.hidden + 1 if p.algo == "ppo" else 0)
+    shard_o = p.gpus if p.zero >= 1 else 1
+    parts["optimizer step temporaries"] = opt_step = optimizer_step_bytes(shape, trainable_all, w, p.foreach, shard_o)
     # Gradients are freed (zero_grad(set_to_none)) when an optimizer step starts and come
     # back during its backward while the activations go: the first micro-batch's forward
     # runs without them, later micro-batches (and the next rollout) with them.
     grads = sum(v for k, v in parts.items() if k.endswith("gradients"))
     update = act + (grads if -(-rows // micro) > 1 else 0)
-    peak = static - grads + max(grads + rollout, update)
+    # the optimizer step comes after the backward has freed the activations: gradients alive
+    peak = static - grads + max(grads + rollout, update, grads + opt_step)
     return Plan(parts, static, act, rollout, peak, p, shape)
 
 
@@ -231,6 +295,7 @@ def suggestions(shape: ModelShape, p: PlanInputs) -> list[tuple[str, float]]:
         ("--gradient-checkpointing", dict(gradient_checkpointing=True)),
         (f"--micro-batch {max(p.micro_batch // 4, 1)}", dict(micro_batch=max(p.micro_batch // 4, 1))),
         ("--reference-offload", dict(reference_offload=True)),
+        ("--mixed-precision bf16", dict(mixed_precision="bf16")),
         ("--dtype bf16", dict(dtype="bf16")),
         ("--lora-r 16", dict(lora_r=16)),
         (f"--zero 3 --gpus {max(p.gpus, 8)}", dict(zero=3, gpus=max(p.gpus, 8))),
@@ -256,6 +321,7 @@ def ppo_vs_remax(params: int) -> str:
 def render(result: Plan) -> str:
     p = result.inputs
     lines = [f"remax plan: {p.algo}, {p.gpus} device(s), ZeRO {p.zero}, {p.dtype}"
+             f"{', ' + p.mixed_precision + ' mixed precision' if p.mixed_precision != 'no' else ''}"
              f"{', LoRA r=' + str(p.lora_r) if p.lora_r else ''}"
              f"{', gradient checkpointing' if p.gradient_checkpointing else ''}; per device:"]
     for name, value in result.parts.items():
@@ -300,7 +366,12 @@ def parse_plan_args(args: Sequence[str]) -> tuple[str, Optional[str], PlanInputs
     ap.add_argument("--lora-r", type=int, default=0)
     ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage (3 = FSDP FULL_SHARD)")
     ap.add_argument("--gpus", type=int, default=1)
-    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPE_BYTES))
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPE_BYTES),
+                    help="the weights' dtype (--model.dtype); float32 with --mixed-precision for fp32 master weights")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                    help="--train.mixed_precision: low-precision compute over --dtype weights")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="where it runs: torch's AdamW step keeps different temporaries (foreach on GPUs)")
     ap.add_argument("--reference-dtype", default=None, choices=sorted(DTYPE_BYTES))
     ap.add_argument("--reference-offload", action="store_true")
     ap.add_argument("--gradient-checkpointing", action="store_true")
@@ -318,6 +389,7 @@ def parse_plan_args(args: Sequence[str]) -> tuple[str, Optional[str], PlanInputs
         max_new_tokens=a.max_new_tokens, micro_batch=a.micro_batch, lora_r=a.lora_r, zero=a.zero, gpus=a.gpus,
         dtype=a.dtype, reference_dtype=a.reference_dtype, reference_offload=a.reference_offload,
         gradient_checkpointing=a.gradient_checkpointing, flash_attention=a.flash_attention,
+        mixed_precision=a.mixed_precision, foreach=a.device == "cuda",
         device_memory_gb=parse_memory(a.device_memory) if a.device_memory else None,
     )
     return a.model, a.reward_model, inputs
@@ -335,4 +407,4 @@ def main(args: Sequence[str]) -> int:
 
 
 __all__ = ["ModelShape", "Plan", "PlanInputs", "activation_bytes", "kv_cache_bytes", "load_model_config", "logit_bytes",
-           "main", "model_shape", "parse_memory", "plan", "ppo_vs_remax", "render", "suggestions", "training_state_bytes"]
+           "main", "mixed_activation_bytes", "model_shape", "optimizer_step_bytes", "parse_memory", "plan", "ppo_vs_remax", "render", "suggestions", "training_state_bytes"]

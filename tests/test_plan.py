@@ -16,7 +16,9 @@ from remax.plan import (
     activation_bytes,
     kv_cache_bytes,
     logit_bytes,
+    mixed_activation_bytes,
     model_shape,
+    optimizer_step_bytes,
     parse_memory,
     plan,
     ppo_vs_remax,
@@ -47,6 +49,45 @@ def test_activation_kv_and_logit_arithmetic():
     assert activation_bytes(shape, rows=3, tokens=5, w=4, checkpointing=True) == 3 * 5 * 140 * 4
     assert logit_bytes(SHAPE, rows=3, response_tokens=2) == 4 * 3 * 3 * 10 * 4  # 4 fp32 copies of (3, R+1, V)
     assert kv_cache_bytes(SHAPE, rows=3, tokens=5, w=2) == 2 * 2 * 4 * 5 * 3 * 2  # K and V, per layer
+
+
+def test_mixed_precision_activations_logits_and_weight_copies_by_hand():
+    shape = dataclasses.replace(SHAPE, heads=2, matmul_params=900)
+    # per token and layer: 2 bytes x (8*4 + 5*16 + 2*2 heads x 5 tokens = 132 elements) + 16 h (4) = 328 bytes
+    assert mixed_activation_bytes(shape, rows=3, tokens=5, checkpointing=False) == 3 * 5 * 2 * 328
+    # flash: 2 x 112 + 64 = 288; checkpointing: float32 layer inputs (4 bytes x 2 layers x 4) + one layer (328)
+    assert mixed_activation_bytes(shape, rows=3, tokens=5, checkpointing=False, flash=True) == 3 * 5 * 2 * 288
+    assert mixed_activation_bytes(shape, rows=3, tokens=5, checkpointing=True) == 3 * 5 * (32 + 328)
+    # the LM head's bf16 output (2 bytes) beside the 4 float32 copies: 18 bytes per logit
+    assert logit_bytes(SHAPE, rows=3, response_tokens=2, mixed=True) == 18 * 3 * 3 * 10
+    p = PlanInputs(algo="remax", batch=2, n_samples=2, prompt_tokens=3, max_new_tokens=2, micro_batch=4,
+                   mixed_precision="bf16", foreach=False)
+    r = plan(shape, p)
+    act = mixed_activation_bytes(shape, 4, 5, False) + logit_bytes(shape, 4, 2, mixed=True)
+    assert r.parts["autocast weight copies"] == 2 * 900  # bf16 copies of the matmul weights
+    assert r.activations == act + 1800
+    # the KV cache comes out of bf16 linears; a no-grad forward casts the LM head (V x h = 10 x 4) to bf16
+    assert r.rollout == kv_cache_bytes(shape, 2 * 3, 5, 2) + 2 * 10 * 4
+    assert r.static == 20_000  # float32 master weights, gradients, moments, reference: as without mixed precision
+    assert r.peak == 16_000 + max(4000 + r.rollout, act + 1800, 4000 + 0)  # largest_param 0: no Adam temporaries
+    with pytest.raises(InputError, match="not one of no, bf16, fp16"):
+        plan(shape, dataclasses.replace(p, mixed_precision="fp8"))
+
+
+def test_adam_step_temporaries_by_hand():
+    shape = dataclasses.replace(SHAPE, largest_param=300)
+    # CPU (a loop over tensors): sqrt(v) and its quotient, two fp32 temporaries of the largest tensor
+    assert optimizer_step_bytes(shape, trainable=1000, w=4, foreach=False) == 2 * 300 * 4
+    # GPUs (foreach): one temporary per trained tensor at once, sharded with the moments under ZeRO >= 1
+    assert optimizer_step_bytes(shape, trainable=1000, w=4, foreach=True) == 4000
+    assert optimizer_step_bytes(shape, trainable=1000, w=4, foreach=True, shard=4) == 1000
+    # LoRA: the trained adapters are smaller than the largest (frozen) tensor
+    assert optimizer_step_bytes(shape, trainable=100, w=4, foreach=False) == 2 * 100 * 4
+    # a tiny batch: the step's temporaries set the peak (weights + grads + moments + reference + 2400)
+    p = PlanInputs(algo="remax", batch=1, n_samples=1, prompt_tokens=1, max_new_tokens=1, micro_batch=1, foreach=False)
+    r = plan(shape, p)
+    assert r.parts["optimizer step temporaries"] == 2400
+    assert r.peak == 20_000 + 2400 > 20_000 + r.rollout and r.activations < 4000 + 2400
 
 
 def test_remax_is_20n_and_ppo_36n_bytes_of_state_in_fp32():
@@ -93,6 +134,22 @@ def test_model_shape_counts_what_a_real_model_has():
     # GPT-2 block: c_attn 32 -> 96, attn c_proj 32 -> 32, c_fc 32 -> 128, mlp c_proj 128 -> 32: 16 h per layer
     assert shape.lora_params_per_rank == 2 * 16 * 32
     assert (shape.hidden, shape.layers, shape.heads, shape.intermediate, shape.kv_dim, shape.vocab) == (32, 2, 2, 128, 32, 300)
+    assert shape.largest_param == 300 * 32  # the (tied) token embedding
+    # every matmul weight: 12 h^2 per layer (c_attn 3h^2, c_proj h^2, c_fc and mlp c_proj 4h^2 each) + the tied head
+    assert shape.matmul_params == 2 * 12 * 32 * 32 + 300 * 32
+
+
+def test_model_shape_of_a_qwen2_with_grouped_query_attention():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    shape = model_shape(config)
+    assert shape.params == sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
+    assert shape.kv_dim == 2 * 16  # 2 KV heads of 64 / 4
+    # per layer: q, o 64x64; k, v 64x32 (+ biases, not matmul weights); gate, up, down 64x96; untied head 500 x 64
+    assert shape.matmul_params == 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 96) + 500 * 64
+    assert shape.largest_param == 500 * 64
 
 
 def test_suggestions_each_fit():
@@ -126,5 +183,19 @@ def test_cli_plan_end_to_end(tmp_path, capsys):
 def test_prediction_within_25_percent_of_measured_peak():
     from remax.bench.plan_check import Case, compare
 
-    r = compare(Case("small remax", n_embd=384, n_layer=6, n_head=6, steps=2))  # step 2: Adam moments exist
+    r = compare(Case("small remax", hidden=384, layers=6, heads=6, steps=2))  # step 2: Adam moments exist
+    assert abs(r["error"]) < 0.25, r
+
+
+@pytest.mark.slow
+def test_plan_check_driver_on_a_tiny_qwen2_in_bf16_mixed_precision():
+    """The driver end to end on an architecture other than GPT-2, in bf16 mixed precision:
+    a measured figure and a prediction for the same run, within plan's 25% (a 0.8M model
+    was mostly allocator noise: -52%; benchmarks/README.md has the real sizes)."""
+    from remax.bench.plan_check import Case, compare
+
+    case = Case("small qwen2 bf16", arch="qwen2", hidden=256, layers=2, heads=4, kv_heads=2, intermediate=512,
+                vocab=32000, batch=2, max_new_tokens=8, micro_batch=2, mixed_precision="bf16", steps=2)
+    r = compare(case)  # 9.4M parameters, 32k vocabulary: measured -9.3% here (before the LM head's cast was counted)
+    assert r["measured_mb"] > 0 and r["params"] == 9_373_952
     assert abs(r["error"]) < 0.25, r
