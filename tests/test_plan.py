@@ -175,6 +175,9 @@ def test_cli_plan_end_to_end(tmp_path, capsys):
     assert "critic adam" in out and "fits in 80 GB" in out and "PPO 36N" in out
     assert cli(["plan", "--model", str(tmp_path / "m"), "--device-memory", "1MB", "--max-new-tokens", "256"]) == 1
     assert "does NOT fit" in capsys.readouterr().out
+    assert cli(["plan", "--model", str(tmp_path / "m"), "--mixed-precision", "bf16", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "bf16 mixed precision" in out and "autocast weight copies" in out and "optimizer step temporaries" in out
     assert cli(["plan", "--model", str(tmp_path / "nothing")]) == 2
     assert "cannot read a model config" in capsys.readouterr().err
 
