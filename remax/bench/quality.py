@@ -99,7 +99,8 @@ class QualityConfig:
     """--task rm: prompts whose sampled responses make the proxy's preference pairs (remax demo --pipeline's)."""
     offsets: tuple[float, ...] = ()
     """The offset test: gradient variance of --grad_algos at the middle snapshot with these constants added to the
-    reward (a baseline that tracks the reward removes a constant; REINFORCE's variance grows with it); empty: skip."""
+    reward, each from the same seed, so every offset sees the same samples (a baseline that tracks the reward removes
+    a constant; REINFORCE's variance grows with it); include 0 for the reference; empty: skip."""
     model: Optional[str] = None
     """A save_pretrained model directory to start from; default: the demo's pretrained model."""
     cache_dir: str = field(default_factory=_default_cache)
@@ -395,10 +396,12 @@ def variance_figures(grads: torch.Tensor) -> dict[str, float]:
 
 def add_variance_ratios(rows: list[dict[str, Any]]) -> None:
     """trace_cov / ReMax's at the same snapshot and offset (NaN when ReMax was not measured)."""
-    ref = {(r["step"], r.get("offset", 0.0)): r["trace_cov"] for r in rows if r["algo"] == "remax"}
+    def key(r: dict[str, Any]) -> tuple:
+        return r["step"], r.get("offset", 0.0), r.get("series", "snapshots")
+
+    ref = {key(r): r["trace_cov"] for r in rows if r["algo"] == "remax"}
     for r in rows:
-        key = (r["step"], r.get("offset", 0.0))
-        r["vs_remax"] = r["trace_cov"] / ref[key] if ref.get(key) else float("nan")
+        r["vs_remax"] = r["trace_cov"] / ref[key(r)] if ref.get(key(r)) else float("nan")
 
 
 # ------------------------------------------------------------------ figures
@@ -445,8 +448,8 @@ def zero_adv_share(runs: list[dict[str, Any]]) -> Optional[dict[str, float]]:
     beside a right greedy answer (advantage 0), in all and over the first and last third of
     the steps; None without the baseline/right_* metrics."""
     hist = [h for r in runs for h in r["history"] if "right_frac" in h]
-    if not hist:
-        return None
+    if not hist or not any(h["right_frac"] for h in hist):
+        return None  # not a greedy baseline, or not a 0/1 reward (no sample scored exactly 1)
     steps = max(h["step"] for h in hist)
 
     def share(rows: list[dict[str, float]]) -> float:
@@ -529,9 +532,10 @@ def run_quality(cfg: QualityConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
         print("gradient variance ...", file=sys.stderr, flush=True)
     gradvar = gradient_variance(task, snapshots, cfg) if cfg.grad_algos else []
     middle = {cfg.steps // 2: snapshots[cfg.steps // 2]} if snapshots else {}
-    for offset in [o for o in cfg.offsets if o != 0.0] if middle else []:
+    for offset in cfg.offsets if middle else ():  # each from a fresh trainer: the same samples for every offset
         print(f"gradient variance, reward + {offset:g} ...", file=sys.stderr, flush=True)
-        gradvar += gradient_variance(task, middle, cfg, offset=offset)
+        gradvar += [dict(r, series="offset") for r in gradient_variance(task, middle, cfg, offset=offset)]
+    add_variance_ratios(gradvar)
     summary = summarize(main_runs)
     raw = {"command": common.command_line("remax bench quality", argv), "config": vars(cfg), "label": task.label,
            "machine": common.machine_info("cpu"), "model_dir": task.model_dir, "summary": summary,
@@ -600,11 +604,12 @@ def render(raw: dict[str, Any], cfg: QualityConfig) -> str:
                   common.markdown_table(["algo", "kl_coef", "final held-out reward", "final KL"],
                                         sorted(sweep, key=lambda r: (r[0], r[1])))]
     if raw["gradvar"]:
-        gv = [[r["algo"], r["step"], r.get("offset", 0.0), r["trace_cov"], r["mean_norm2"], r["noise_to_signal"],
-               r["vs_remax"]] for r in raw["gradvar"]]
+        gv = [[r["algo"], r["step"], r.get("offset", 0.0) if r.get("series") == "offset" else "-", r["trace_cov"],
+               r["mean_norm2"], r["noise_to_signal"], r["vs_remax"]] for r in raw["gradvar"]]
         lines += ["", f"Gradient variance at the ReMax seed-0 run's weights after 0, {cfg.steps // 2} and "
                   f"{cfg.steps} steps: {cfg.grad_samples} independent estimates each, same prompts, no clipping "
-                  f"(offset: a constant added to the reward, at the middle snapshot):", "",
+                  f"(reward offset: the offset test, a constant added to the reward at the middle snapshot, every "
+                  f"offset on the same samples; '-': the snapshot series):", "",
                   common.markdown_table(["estimator", "snapshot step", "reward offset", "trace cov", "|mean grad|^2",
                                          "trace / |mean|^2", "trace / ReMax's"], gv)]
     return "\n".join(lines)

@@ -104,5 +104,9 @@ def test_quality_task_rm_on_tiny(tiny_dir, tmp_path):
     assert set(raw["summary"]["time_to_ppo_gold"]) == {"ppo_final_gold", "ppo_wall_s", "remax_wall_s"}
     rows = {(r["algo"], r["step"], r["offset"]) for r in raw["gradvar"]}
     assert {("remax", 1, 3.0), ("reinforce", 1, 3.0), ("remax", 0, 0.0), ("reinforce", 2, 0.0)} <= rows
+    series = {r["offset"]: r for r in raw["gradvar"] if r.get("series") == "offset" and r["algo"] == "remax"}
+    # offsets 0 and 3 on the same samples: ReMax's gradient estimates are the same ones
+    assert series[3.0]["trace_cov"] == pytest.approx(series[0.0]["trace_cov"], rel=1e-4)
+    assert "zero_adv_share" not in per["remax"]  # a reward model's scores are not 0/1
     assert (out / "quality_overopt.png").read_bytes().startswith(PNG)
     assert (tmp_path / "demo-proxy-rm" / "proxy.json").is_file()  # the proxy, cached beside --cache_dir
