@@ -16,7 +16,10 @@ first case).
   with the demo's recipe (`remax.demo.pretrain`) on "a+b=c" lines until its greedy
   accuracy reaches ~50%: a policy that is right half the time leaves room to learn and
   gives the baseline both cases;
-- `accuracy(...)`: greedy and sampled accuracy on held-out problems.
+- `accuracy(...)`: greedy and sampled accuracy on held-out problems;
+- `python -m remax.tasks.arithmetic OUT`: writes OUT/train.jsonl and OUT/heldout.jsonl
+  (prompt, answer) and the pretrained model in OUT/model, and prints the `remax train`
+  command that runs ReMax on them with this reward: an RLVR example end to end.
 """
 
 from __future__ import annotations
@@ -177,5 +180,40 @@ def accuracy(model, tokenizer, pairs: Sequence[tuple[str, str]], *, sampled: boo
     return right / max(len(pairs), 1)
 
 
-__all__ = ["Problems", "problem", "problems", "parse_answer", "exact_match", "pretrain_arithmetic_model",
+def prepare(out: str, *, max_steps: int = MAX_PRETRAIN_STEPS, log: Callable[[str], Any] = print,
+            model_kwargs: Optional[dict] = None) -> str:
+    """Write `out`/train.jsonl, `out`/heldout.jsonl and the pretrained model `out`/model;
+    return the `remax train` command for ReMax on them with the exact-match reward."""
+    import json
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    probs = problems()
+    for part in ("train", "heldout"):
+        (root / f"{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in probs.rows(part)))
+    _, _, info = pretrain_arithmetic_model(str(root / "model"), probs, max_steps=max_steps, log=log,
+                                           model_kwargs=model_kwargs)
+    log(f"pretrained to greedy accuracy {info['dev_accuracy']:.2f} at step {info['steps']}")
+    return (f"remax train --model.policy {root / 'model'} --data.train_file {root / 'train.jsonl'} "
+            f"--reward.kind python --reward.function remax.tasks.arithmetic:exact_match "
+            f"--rollout.max_new_tokens {MAX_NEW_TOKENS} --train.batch_size 32 --train.micro_batch_size 32 "
+            f"--train.lr 3e-4 --loss.kl_coef 0.01 --train.steps 150 --output_dir {root / 'run'}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m remax.tasks.arithmetic OUT_DIR   (problems, a pretrained model, the train command)")
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    print(prepare(args[0]))
+    return 0
+
+
+__all__ = ["prepare", "main", "Problems", "problem", "problems", "parse_answer", "exact_match", "pretrain_arithmetic_model",
            "accuracy", "MODEL_KWARGS", "TRAIN_KWARGS", "MAX_PRETRAIN_STEPS", "TARGET_ACCURACY", "MAX_NEW_TOKENS"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,3 +60,25 @@ def test_pretraining_stops_at_the_target_and_is_cached(tmp_path):
     _, _, full = pretrain_arithmetic_model(None, p, max_steps=20, check_every=10, target=1.01, log=logs.append,
                                            model_kwargs=dict(n_layer=1, n_embd=16, n_head=2))
     assert full["steps"] == 20  # an unreachable target: the whole schedule
+
+
+@pytest.mark.slow
+def test_the_rlvr_example_trains_with_the_command_it_prints(tmp_path):
+    import json
+    import shlex
+
+    from remax.cli import main
+    from remax.tasks.arithmetic import prepare
+
+    cmd = prepare(str(tmp_path / "ex"), max_steps=10, log=lambda m: None,
+                  model_kwargs=dict(n_layer=1, n_embd=16, n_head=2))
+    rows = [json.loads(x) for x in (tmp_path / "ex" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2000 and set(rows[0]) == {"prompt", "answer"}
+    argv = shlex.split(cmd)[1:] + ["--train.steps", "2", "--train.batch_size", "4", "--train.micro_batch_size", "4",
+                                   "--log.plot", "False"]
+    assert argv[0] == "train" and main(argv) == 0
+    metrics = [json.loads(x) for x in (tmp_path / "ex" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2
+    for m in metrics:  # exact match: a 0/1 reward, and ReMax's right / tied shares are logged
+        assert 0.0 <= m["rollout/reward_mean"] <= 1.0
+        assert 0.0 <= m["baseline/right_tied_frac"] <= m["baseline/right_frac"] <= 1.0
