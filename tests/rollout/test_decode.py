@@ -170,3 +170,39 @@ def test_decode_needs_the_model_in_eval_mode_only_through_generate_rollout(token
     assert torch.equal(rollout(tiny_model, tokenizer, ids, mask, tokenizer.eos_token_id, n=0, greedy=True,
                                max_new_tokens=8).response_ids, evald)
     assert tiny_model.training
+
+
+def test_second_token_frequencies_follow_temperature_top_k_and_top_p(tokenizer, tiny_model):
+    """The first decode step after the shared prefill (the cache repeated to N rows): among
+    the rows whose first token is the most frequent one, the second token's frequencies
+    match softmax(logits / T) restricted to top-k then top-p, the logits from one forward
+    of prompt + that token."""
+    from .test_rollout_generate import within
+
+    enc = tokenizer(["The Lord is"], return_tensors="pt")
+    ids, mask = enc.input_ids, enc.attention_mask
+    T, top_k, top_p, N = 0.8, 6, 0.9, 4000
+    with torch.no_grad():  # sharpen the near-uniform random model so the support is small
+        tiny_model.transformer.ln_f.weight.mul_(8.0)
+    torch.manual_seed(0)
+    r = rollout(tiny_model, tokenizer, ids, mask, tokenizer.eos_token_id, n=N, max_new_tokens=2, temperature=T,
+                top_k=top_k, top_p=top_p)
+    first = r.response_ids[:, 0]
+    a = int(first.mode().values)
+    rows = r.response_ids[first == a, 1]  # (M,) second tokens after the common first token
+    assert len(rows) >= 500
+    with torch.no_grad():
+        logits = tiny_model(input_ids=torch.cat([ids, torch.tensor([[a]])], 1),
+                            attention_mask=torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], 1)).logits[0, -1]
+    p = torch.softmax(logits.double() / T, -1)
+    kth = p.topk(top_k).values[-1]
+    p = torch.where(p >= kth, p, torch.zeros_like(p)) / p[p >= kth].sum()  # top-k, renormalised
+    sorted_p, order = p.sort(descending=True)
+    keep = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order, (sorted_p.cumsum(-1) - sorted_p) < top_p)
+    q = torch.where(keep, p, torch.zeros_like(p))
+    q = q / q.sum()
+    assert 3 <= int((q > 0).sum()) <= top_k  # a non-trivial support, cut by top-k or top-p
+    counts = torch.bincount(rows, minlength=len(q)).double()
+    assert counts[q == 0].sum() == 0
+    assert within(counts / len(rows), q, len(rows))
+    assert not within(counts / len(rows), torch.softmax(logits.double(), -1), len(rows))  # the check has power
