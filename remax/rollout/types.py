@@ -24,6 +24,11 @@ class EngineOutOfSync(RemaxError):
     weights are not the policy's, so its samples would be off-policy without notice."""
 
 
+class RolloutServerError(EngineOutOfSync):
+    """The rollout server (`remax serve-rollout`) is gone, did not answer in time, or failed:
+    like an engine out of sync, the run stops at a step boundary with a checkpoint."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """The decoding settings every backend honours (rollout.* of the config)."""
@@ -82,6 +87,6 @@ def logprob_mismatch_metrics(acc: dict[str, float]) -> dict[str, float]:
 
 
 __all__ = [
-    "EngineOutOfSync", "RolloutBackend", "Sampling", "add_logprob_mismatch", "engine_support",
+    "EngineOutOfSync", "RolloutBackend", "RolloutServerError", "Sampling", "add_logprob_mismatch", "engine_support",
     "logprob_mismatch_metrics",
 ]

@@ -145,8 +145,7 @@ class VLLMBackend:
         self.tol = DEFAULT_TOL.get(dtype, 0.1) if verify_tol is None else verify_tol
         self.sleep_enabled = sleep
         self.asleep = False
-        gen = torch.Generator().manual_seed(PROBE_SEED)
-        self.probe = torch.randint(vocab_size, (max(probe_len, 2),), generator=gen)  # (L,) a fixed token sequence
+        self.probe = make_probe(vocab_size, probe_len)  # (L,) a fixed token sequence
 
     # -------------------------------------------------------------- building
     @classmethod
@@ -168,88 +167,34 @@ class VLLMBackend:
                    probe_len=min(PROBE_LEN, max_len - 1))
 
     # ------------------------------------------------------------- sampling
-    def _params(self, *, greedy: bool, seed: int) -> Any:
-        from vllm import SamplingParams
-
-        s = self.sampling
-        common = dict(max_tokens=s.max_new_tokens, stop_token_ids=_ids(s.eos_token_id), ignore_eos=False,
-                      detokenize=False, skip_special_tokens=False, seed=seed)
-        if greedy:
-            return SamplingParams(temperature=0.0, **common)
-        return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, logprobs=0, **common)
-
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
         """(B, P) left-padded prompts -> Rollout: rows [i*n, (i+1)*n) sample prompt i, then
         (if greedy) row B*n + i decodes it greedily. One engine call for all rows."""
-        if n < 0 or (n == 0 and not greedy):
-            raise ValueError(f"need n >= 1 sampled responses (or n=0 with greedy=True), got n={n}")
+        check_rows(n, greedy)
         self._wake()
         B = prompt_ids.shape[0]
         seeds = torch.randint(2**31 - 1, (B * n + B,)).tolist()  # from the trainer's torch RNG: reproducible
-        texts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
-        prompts = [{"prompt_token_ids": texts[i]} for i in range(B) for _ in range(n)]
-        params = [self._params(greedy=False, seed=seeds[j]) for j in range(B * n)]
-        if greedy:
-            prompts += [{"prompt_token_ids": t} for t in texts]
-            params += [self._params(greedy=True, seed=seeds[B * n + i]) for i in range(B)]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        rows = engine_generate(self.llm, prompt_lists(prompt_ids, prompt_mask), n=n, greedy=greedy,
+                               sampling=self.sampling, seeds=seeds)
         self._sleep()
-        return self._to_rollout(prompt_ids, prompt_mask, [o.outputs[0] for o in outputs], n=n, greedy=greedy)
-
-    def _to_rollout(self, prompt_ids, prompt_mask, completions, *, n: int, greedy: bool) -> Rollout:
-        s, device = self.sampling, prompt_ids.device
-        B = prompt_ids.shape[0]
-        R = max(1, max(len(c.token_ids) for c in completions))
-        ids = torch.full((len(completions), R), s.pad_token_id, dtype=torch.long)  # (N, R)
-        logprobs = torch.zeros(len(completions), R)  # (N, R)
-        for row, c in enumerate(completions):
-            tokens = list(c.token_ids)
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            if c.logprobs:  # sampled rows: one {token: Logprob} dict per generated token
-                logprobs[row, : len(tokens)] = torch.tensor([lp[t].logprob for lp, t in zip(c.logprobs, tokens)])
-        mask = make_response_mask(ids, s.eos_token_id)  # (N, R) 1 up to and including the first EOS
-        ids = ids.masked_fill(mask == 0, s.pad_token_id)
-        logprobs = logprobs.masked_fill(mask == 0, 0.0)
-        rows = [prompt_ids.repeat_interleave(n, dim=0)] + ([prompt_ids] if greedy else [])
-        masks = [prompt_mask.repeat_interleave(n, dim=0)] + ([prompt_mask] if greedy else [])
-        return Rollout(torch.cat(rows), torch.cat(masks).long(), ids.to(device), mask.to(device), num_prompts=B, n=n,
-                       has_greedy=greedy, engine_logprobs=logprobs.to(device))
+        return to_rollout(prompt_ids, prompt_mask, rows, sampling=self.sampling, n=n, greedy=greedy)
 
     # ----------------------------------------------------------- weight sync
     def push(self, policy: Any) -> None:
         """The policy's weights into the engine, in memory, with vLLM's in-place reload."""
         self._wake()
         weights = plain_weights(policy)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
-                                                          "is_checkpoint_format": True})
+        load_in_place(self.llm, weights)
 
-    @torch.no_grad()
     def probe_diff(self, policy: Any) -> float:
         """max |engine - trainer| log-prob of the probe's tokens 1..L-1 (temperature 1)."""
-        from vllm import SamplingParams
-
         self._wake()
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        out = self.llm.generate([{"prompt_token_ids": self.probe.tolist()}], params, use_tqdm=False)[0]
-        engine = torch.tensor([d[t].logprob for d, t in zip(out.prompt_logprobs[1:], self.probe[1:].tolist())])
-        probe = self.probe.to(self.device)[None]  # (1, L)
-        with eval_mode(policy):  # every module's flags come back as found: checkpointing stays on
-            trainer = response_logprobs(policy, probe[:, :1], torch.ones_like(probe[:, :1]), probe[:, 1:],
-                                        torch.ones(1, probe.shape[1] - 1, device=self.device))[0]  # (L-1,)
-        diff = (engine.double() - trainer.double().cpu()).abs().max()
-        return float(diff) if torch.isfinite(diff) else float("inf")
+        return probe_diff(engine_probe_logprobs(self.llm, self.probe.tolist()), policy, self.probe)
 
     def verify(self, policy: Any, step: int) -> float:
         """probe_diff, or EngineOutOfSync when it exceeds the tolerance."""
-        diff = self.probe_diff(policy)
-        if not diff <= self.tol:
-            raise EngineOutOfSync(
-                f"the vLLM engine's weights are not the policy's at step {step}: its log-probs of the probe differ "
-                f"from the trainer's by {diff:.3g} > rollout.verify_tol {self.tol:g} ({str(self.dtype).removeprefix('torch.')}); "
-                "the weight push did not take (check the installed vLLM's reload_weights), or raise --rollout.verify_tol"
-            )
-        return diff
+        return check_probe(self.probe_diff(policy), self.tol, self.dtype, step)
 
     def sync(self, policy: Any, step: int) -> dict[str, float]:
         """Push, then (every verify_every steps) verify; returns rollout/engine_probe_diff when checked."""
@@ -276,6 +221,122 @@ class VLLMBackend:
             if callable(shutdown):
                 shutdown()
             del llm
+
+
+# ------------------------------------------------ engine-level pieces (also the server's)
+def check_rows(n: int, greedy: bool) -> None:
+    if n < 0 or (n == 0 and not greedy):
+        raise ValueError(f"need n >= 1 sampled responses (or n=0 with greedy=True), got n={n}")
+
+
+def prompt_lists(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
+    """(B, P) left-padded prompts -> B lists of their real token ids (what an engine takes)."""
+    return [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+
+
+def request_params(sampling: Sampling, *, greedy: bool, seed: int) -> Any:
+    """One request's SamplingParams: the run's sampler (with its log-probs), or greedy."""
+    from vllm import SamplingParams
+
+    s = sampling
+    common = dict(max_tokens=s.max_new_tokens, stop_token_ids=_ids(s.eos_token_id), ignore_eos=False,
+                  detokenize=False, skip_special_tokens=False, seed=seed)
+    if greedy:
+        return SamplingParams(temperature=0.0, **common)
+    return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, logprobs=0, **common)
+
+
+Completion = tuple[list[int], Optional[list[float]]]  # a row's token ids, and its sampler log-probs (sampled rows)
+
+
+def engine_generate(llm: Any, prompts: list[list[int]], *, n: int, greedy: bool, sampling: Sampling,
+                    seeds: list[int]) -> list[Completion]:
+    """B prompts -> B*n sampled rows (prompt i's at [i*n, (i+1)*n)) then, if `greedy`, B greedy
+    rows, in ONE `LLM.generate` call; seeds: one per row (B*n + B), drawn by the caller."""
+    B = len(prompts)
+    requests = [{"prompt_token_ids": prompts[i]} for i in range(B) for _ in range(n)]
+    params = [request_params(sampling, greedy=False, seed=seeds[j]) for j in range(B * n)]
+    if greedy:
+        requests += [{"prompt_token_ids": t} for t in prompts]
+        params += [request_params(sampling, greedy=True, seed=seeds[B * n + i]) for i in range(B)]
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    rows = []
+    for out in outputs:
+        c = out.outputs[0]
+        tokens = list(c.token_ids)
+        # sampled rows: one {token: Logprob} dict per generated token; greedy rows: none asked
+        lps = [lp[t].logprob for lp, t in zip(c.logprobs, tokens)] if c.logprobs else None
+        rows.append((tokens, lps))
+    return rows
+
+
+def to_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: list[Completion], *, sampling: Sampling,
+               n: int, greedy: bool) -> Rollout:
+    """An engine's rows -> the same `Rollout` as the HF backend's: the response mask up to
+    and including the first EOS, pad after it; the sampler's log-probs where it gave them."""
+    s, device = sampling, prompt_ids.device
+    B = prompt_ids.shape[0]
+    R = max(1, max(len(tokens) for tokens, _ in rows))
+    ids = torch.full((len(rows), R), s.pad_token_id, dtype=torch.long)  # (N, R)
+    logprobs = torch.zeros(len(rows), R)  # (N, R)
+    for row, (tokens, lps) in enumerate(rows):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        if lps:
+            logprobs[row, : len(tokens)] = torch.tensor(lps)
+    mask = make_response_mask(ids, s.eos_token_id)  # (N, R) 1 up to and including the first EOS
+    ids = ids.masked_fill(mask == 0, s.pad_token_id)
+    logprobs = logprobs.masked_fill(mask == 0, 0.0)
+    prompts = [prompt_ids.repeat_interleave(n, dim=0)] + ([prompt_ids] if greedy else [])
+    masks = [prompt_mask.repeat_interleave(n, dim=0)] + ([prompt_mask] if greedy else [])
+    return Rollout(torch.cat(prompts), torch.cat(masks).long(), ids.to(device), mask.to(device), num_prompts=B, n=n,
+                   has_greedy=greedy, engine_logprobs=logprobs.to(device))
+
+
+def load_in_place(llm: Any, weights: dict[str, torch.Tensor]) -> None:
+    """`weights` into the running engine (vLLM's layer-wise in-place reload), then its prefix
+    cache emptied: reload_weights keeps it, and a cached prompt block holds keys and values
+    the OLD weights computed, which a later request sharing that prefix would reuse."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
+                                                 "is_checkpoint_format": True})
+    llm.reset_prefix_cache()
+
+
+def make_probe(vocab_size: int, length: int = PROBE_LEN) -> torch.Tensor:
+    """(L,) the fixed probe sequence: seeded, so trainer and engine (or server) agree on it."""
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.randint(vocab_size, (max(length, 2),), generator=gen)
+
+
+def engine_probe_logprobs(llm: Any, probe: list[int]) -> torch.Tensor:
+    """(L-1,) the engine's log-probs of the probe's tokens 1..L-1 (temperature 1)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+    out = llm.generate([{"prompt_token_ids": probe}], params, use_tqdm=False)[0]
+    return torch.tensor([d[t].logprob for d, t in zip(out.prompt_logprobs[1:], probe[1:])], dtype=torch.float64)
+
+
+@torch.no_grad()
+def probe_diff(engine: torch.Tensor, policy: Any, probe: torch.Tensor) -> float:
+    """max |engine - trainer| log-prob of the probe's tokens 1..L-1; inf when not finite."""
+    device = next(policy.parameters()).device
+    ids = probe.to(device)[None]  # (1, L)
+    with eval_mode(policy):  # every module's flags come back as found: checkpointing stays on
+        trainer = response_logprobs(policy, ids[:, :1], torch.ones_like(ids[:, :1]), ids[:, 1:],
+                                    torch.ones(1, ids.shape[1] - 1, device=device))[0]  # (L-1,)
+    diff = (engine.double().cpu() - trainer.double().cpu()).abs().max()
+    return float(diff) if torch.isfinite(diff) else float("inf")
+
+
+def check_probe(diff: float, tol: float, dtype: torch.dtype, step: int, engine: str = "the vLLM engine") -> float:
+    """`diff`, or EngineOutOfSync when it exceeds `tol` (rollout.verify_tol)."""
+    if not diff <= tol:
+        raise EngineOutOfSync(
+            f"{engine}'s weights are not the policy's at step {step}: its log-probs of the probe differ "
+            f"from the trainer's by {diff:.3g} > rollout.verify_tol {tol:g} ({str(dtype).removeprefix('torch.')}); "
+            "the weight push did not take (check the installed vLLM's reload_weights), or raise --rollout.verify_tol"
+        )
+    return diff
 
 
 def build_engine(policy: Any, tokenizer: Any, *, dtype: torch.dtype, max_model_len: int, seed: int = 0,

@@ -2,8 +2,10 @@
 
 One step, each phase a function in `remax/trainer/phases/`:
 
-    backend.sync(policy)                       the generator takes the last update's weights
+    source.next(rows)                          the generator takes the last update's weights, then
     rollout   phases.rollout.generate          n samples per prompt (+ greedy baseline), one generate call
+                                               (rollout.async_steps 1: the batch generated while the
+                                               last step trained; phases.rollout.Prefetching)
     score     phases.score.score               sampled and greedy rows, one reward call
     fill      remax.trainer.batch_fill         group filter with refill (DAPO), reward shaping
     prepare   phases.prepare.prepare           reference log-probs, advantages (old log-probs, critic targets)
@@ -64,7 +66,7 @@ from remax.trainer.metrics import MetricsWriter, Stopwatch, peak_mem_mb, plot_re
 from remax.trainer.optim import build_optimizer, build_scheduler
 from remax.trainer.phases import persist
 from remax.trainer.phases.prepare import Batch, Recipe, prepare, token_advantages
-from remax.trainer.phases.rollout import generate, rollout_stream
+from remax.trainer.phases.rollout import generate, make_source, peek_batch, rollout_stream, submit
 from remax.trainer.phases.score import rollout_metrics, score
 from remax.trainer.phases.update import update
 from remax.trainer.precision import Precision
@@ -123,8 +125,23 @@ class Trainer:
         self._own_backend = backend is None
         self.backend = backend or build_backend(config, self.policy, self.tokenizer, self.eos_token_id,
                                                 forward_context=self.dist.forward_context)
+        self.source = self._rollout_source()  # where each step's batch comes from (rollout.async_steps)
 
     # ----------------------------------------------------------------- set-up
+    def _rollout_source(self) -> Any:
+        """On-policy, or (rollout.async_steps 1) prefetching the next step's batch; nothing is
+        prefetched across a checkpoint or past the last step, so resume stays exact."""
+        t, c = self.config.train, self.config
+
+        def start(rows):
+            return submit(rows, backend=self.backend, tokenizer=self.tokenizer, data=c.data, n=c.rollout.n_samples,
+                          greedy=self.spec.needs_greedy, device=self.device)
+
+        return make_source(c.rollout.async_steps, self.backend, self.rollout,
+                           lambda step: rollout_stream(self.dist, t.seed, step), start=start,
+                           peek=lambda: self.dist.shard(peek_batch(self.sampler)),
+                           drain=lambda step: step >= t.steps or bool(c.log.save_every and step % c.log.save_every == 0))
+
     def _load_models(self, policy: Any, tokenizer: Any) -> None:
         m = self.config.model
         # Custom model code runs only with --model.trust_remote_code True (off by default).
@@ -200,6 +217,7 @@ class Trainer:
                         self._after_step(metrics, bar)
         finally:
             bar.close()
+            self.source.close()
             if self._own_backend:
                 self.backend.close()
         if signals.requested:
@@ -248,10 +266,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         rows = self.dist.shard(self.sampler.next_batch())  # this rank's share of the global batch
-        with sw("sync"):  # the generator takes the last update's weights (a no-op for hf)
-            synced = self.backend.sync(self.policy, self.state.step)
-        with sw("rollout"), rollout_stream(self.dist, self.config.train.seed, self.state.step):
-            rollout = self.rollout(rows)
+        # sync + generate (async_steps 1: the batch generated while the last step trained)
+        rollout, synced = self.source.next(rows, self.state.step, self.policy, sw)
         with sw("score"):
             rewards, greedy_rewards = self.score(rows, rollout)
         with sw("fill"):  # the spec's group filter with refill (DAPO) and reward shaping; else a pass-through

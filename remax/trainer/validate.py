@@ -95,6 +95,15 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
         (L.tis in ("auto", "off") or r.backend != "hf" or have_backend,
          f"--loss.tis {L.tis} needs the rollout engine's log-probs, and the hf backend has none (its log-probs "
          "are the trainer's); use --loss.tis auto, or a backend that reports them (--rollout.backend vllm)"),
+        (r.async_steps in (0, 1), f"--rollout.async_steps must be 0 (on-policy) or 1 (the next batch generated "
+         f"while this step trains), got {r.async_steps}"),
+        (r.async_steps == 0 or r.backend == "vllm_server" or have_backend,
+         f"--rollout.async_steps {r.async_steps} overlaps generation with training, which needs the engine in a "
+         "process of its own: --rollout.backend vllm_server (with `remax serve-rollout`)"),
+        (r.backend != "vllm_server" or have_backend or bool(r.server_url),
+         "--rollout.backend vllm_server needs --rollout.server_url http://HOST:PORT (start the server with "
+         "`remax serve-rollout --model PATH`)"),
+        (r.server_timeout_s > 0, f"--rollout.server_timeout_s must be > 0 seconds, got {r.server_timeout_s}"),
         (L.value_clip_eps > 0, f"--loss.value_clip_eps must be > 0, got {L.value_clip_eps}"),
         (L.vf_coef >= 0, f"--loss.vf_coef must be >= 0, got {L.vf_coef}"),
         (c.log.save_every >= 0, f"--log.save_every must be >= 0 (0 only writes final/), got {c.log.save_every}"),
@@ -120,6 +129,7 @@ def _check_combinations(c: Config, spec: Any) -> None:
     t, r, L = c.train, c.rollout, c.loss
     placement, estimator = resolve_kl(c, spec)
     resolve_loss(c, spec)  # an unknown loss.policy_loss: one line, now
+    _check_async(c, spec)
     if placement == "reward_to_go" and c.loss.gamma != 1.0:
         raise ConfigError("kl_placement reward_to_go has no discount; pass --loss.gamma 1.0 or --loss.kl_placement token")
     if placement == "loss" and estimator == "k1" and L.kl_coef > 0:
@@ -138,6 +148,24 @@ def _check_combinations(c: Config, spec: Any) -> None:
             warnings.warn(f"{line}; it is ignored", stacklevel=2)
         else:
             raise ConfigError(f"{line}; remove it (or set it back to {_default(key)!r})")
+
+
+def _check_async(c: Config, spec: Any) -> None:
+    """rollout.async_steps 1 trains on rollouts one update old: the off-policy gap needs TIS
+    (on the engine's log-probs). Refused for a loss without a ratio (ReMax's default
+    policy_gradient: nothing else bounds the step; unclipped, it was seen to diverge at 3 steps
+    of staleness, tinker-cookbook PR #822); warned for a ratio-clipped loss, whose clip only
+    bounds the step from the current weights, not from the ones that sampled."""
+    if c.rollout.async_steps == 0 or c.loss.tis != "off":
+        return
+    loss, _ = resolve_loss(c, spec)
+    name = spec.loss if c.loss.policy_loss == "auto" else c.loss.policy_loss
+    if not loss.uses_ratio:
+        raise ConfigError(f"--rollout.async_steps {c.rollout.async_steps} trains on rollouts one update old, and the "
+                          f"{name} loss has no ratio to correct or bound that: turn TIS on (--loss.tis auto, "
+                          "token or sequence), or pass --rollout.async_steps 0")
+    warnings.warn(f"--rollout.async_steps {c.rollout.async_steps} with --loss.tis off: the {name} clip bounds each "
+                  "step but does not correct the one-step off-policy gap; --loss.tis auto corrects it", stacklevel=3)
 
 
 # a critic's options without a critic, a refill limit without a group filter: a shared YAML
