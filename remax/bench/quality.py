@@ -203,10 +203,9 @@ def _rm_task(cfg: QualityConfig) -> Task:
     pc = PipelineConfig(cache_dir=cfg.cache_dir, max_new_tokens=cfg.max_new_tokens, pair_prompts=cfg.pair_prompts)
     if cfg.pretrain_steps:
         pc.pretrain_steps = cfg.pretrain_steps
-    model_dir = cfg.model or cfg.cache_dir
+    vader = _vader_task(cfg)  # the starting model (pretrained first if it is the demo's and not cached), prompts
     proxy_dir = build_proxy(pc, model_dir=cfg.model, log=lambda m: print(m, file=sys.stderr))["path"]
-    vader = _vader_task(cfg)
-    return Task(str(model_dir), load_tokenizer(str(model_dir)), vader.train_rows, vader.eval_prompts,
+    return Task(vader.model_dir, load_tokenizer(vader.model_dir), vader.train_rows, vader.eval_prompts,
                 RewardModelReward(str(proxy_dir)), gold=VaderReward(), label="proxy RM")
 
 
