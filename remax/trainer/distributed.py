@@ -193,6 +193,12 @@ class Dist:
         on rows or steps is taken from, alike everywhere)."""
         return [int(count)]
 
+    def gather_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """(n_r,) this rank's per-row values -> (sum n_r,) every rank's, in rank order, on
+        every rank: the batch statistics that are not means (std, correlation, variance
+        ratios) are then the global batch's, not an average of per-rank ones."""
+        return values
+
     def first_failure(self, message: Optional[str]) -> Optional[str]:
         """None when no rank failed (`message` None everywhere), else the lowest failing
         rank's message, on every rank: a failure on one rank is every rank's decision."""
@@ -343,6 +349,13 @@ class AccelerateDist(Dist):
         onehot = torch.zeros(self.world, dtype=torch.float64)
         onehot[self.rank] = float(count)
         return [int(v) for v in self.all_reduce_sum(onehot).tolist()]
+
+    def gather_rows(self, values: torch.Tensor) -> torch.Tensor:
+        counts = self.gather_counts(values.numel())
+        start = sum(counts[: self.rank])
+        placed = torch.zeros(sum(counts), dtype=torch.float64)  # each rank fills its own slice, zeros elsewhere
+        placed[start : start + values.numel()] = values.detach().flatten().double().cpu()
+        return self.all_reduce_sum(placed).to(values.dtype)  # float64 sum of one value and zeros: exact
 
     def first_failure(self, message: Optional[str]) -> Optional[str]:
         failed = self.gather_counts(int(message is not None))

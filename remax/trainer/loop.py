@@ -287,7 +287,7 @@ class Trainer:
         step_s = time.perf_counter() - start
         metrics = {"step": self.state.step}
         real = real_rows(filled, batch.seq_adv)  # without the zero-weight padding rows
-        metrics.update(rollout_metrics(*real, self.eos_token_id))
+        metrics.update(rollout_metrics(*real, self.eos_token_id, gather=self.dist.gather_rows))  # global batch stats
         metrics.update(filled.stats)
         metrics.update(source_metrics(self.reward_fn, len(rewards)))  # reward/NAME of a mix's sources
         metrics.update(synced)

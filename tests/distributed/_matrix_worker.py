@@ -133,6 +133,10 @@ def reference_class():
     return ShardSeededReference
 
 
+# statistics of the whole batch that are not means: each rank must log the global batch's
+BATCH_STATS = ("rollout/reward_std", "adv/std", "rollout/reward_mean", "rollout/response_len_mean", "rollout/eos_frac")
+
+
 def run(case: dict, out: Path, cls, tokenizer, **overrides):
     from remax.errors import RunStopped
     from remax.models import make_reference
@@ -150,6 +154,7 @@ def run(case: dict, out: Path, cls, tokenizer, **overrides):
         history = trainer.train()
         result["loss"] = torch.tensor([h["loss/policy"] for h in history])
         result["stats"] = [{k: h[k] for k in h if k.startswith(("rollout/groups", "rollout/refill"))} for h in history]
+        result["batch_stats"] = [{k: h[k] for k in h if k in BATCH_STATS or k.startswith("baseline/")} for h in history]
     except RunStopped as err:
         result["stopped"] = str(err)
     result["weights"] = {f"policy.{k}": v.detach().clone() for k, v in trainer.policy.state_dict().items()}

@@ -56,6 +56,19 @@ def test_two_ranks_end_with_the_weights_of_one_process(runs, tokenizer, algo):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
+def test_every_rank_logs_the_global_batch_statistics(runs, algo):
+    """A std, a correlation or a variance ratio of 2 ranks' rows is not the mean of the ranks'
+    own: each rank logs the statistics of the gathered batch, equal to one process's."""
+    rank0, rank1, one, _ = runs
+    assert rank0[algo]["batch_stats"] == rank1[algo]["batch_stats"]  # one value for the whole run
+    assert any("rollout/reward_std" in s for s in one[algo]["batch_stats"])
+    for mine, ref in zip(rank0[algo]["batch_stats"], one[algo]["batch_stats"], strict=True):
+        assert mine.keys() == ref.keys()
+        for k in ref:
+            assert mine[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-9), k
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_micro_batching_leaves_the_update_unchanged(runs, algo):
     _, _, one, _ = runs
     assert _max_diff(one[algo]["weights"], one[algo]["whole"]) < ATOL  # micro-batches of 3 rows vs one of all

@@ -33,22 +33,28 @@ def score(rows: list[dict[str, Any]], rollout: Rollout, *, reward_fn: Callable[.
 
 
 def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, greedy_rewards: Optional[torch.Tensor],
-                    seq_adv: Optional[torch.Tensor], eos_token_id: int | list[int]) -> dict[str, float]:
-    """rollout/* (and adv/* when there are sequence advantages) of the batch trained on."""
+                    seq_adv: Optional[torch.Tensor], eos_token_id: int | list[int],
+                    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, float]:
+    """rollout/* (and adv/* when there are sequence advantages) of the batch trained on.
+    `gather` (the trainer's `dist.gather_rows`) joins every rank's rows first, so a std or
+    a correlation is the global batch's, alike on every rank."""
     samples = rollout.sampled()
-    lengths = samples.response_mask.sum(-1)  # (N,)
+    lengths = gather(samples.response_mask.sum(-1).double())  # (N,)
     ended = is_eos(samples.response_ids, eos_token_id) & samples.response_mask.bool()
+    rewards = gather(rewards)  # (N,)
     m = {
         "rollout/reward_mean": float(rewards.mean()),
         "rollout/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "rollout/response_len_mean": float(lengths.float().mean()),
-        "rollout/eos_frac": float(ended.any(-1).float().mean()),
+        "rollout/response_len_mean": float(lengths.mean()),
+        "rollout/eos_frac": float(gather(ended.any(-1).double()).mean()),
     }
     if greedy_rewards is not None:
-        m["rollout/baseline_reward_mean"] = float(greedy_rewards.mean())
+        baselines = gather(greedy_rewards.repeat_interleave(rollout.n))  # (N,) row i's prompt's greedy reward
+        m["rollout/baseline_reward_mean"] = float(baselines.mean())  # n rows per prompt: the same mean
         # is the greedy baseline working? win rate, corr(r, b), var(r - b) / var(r)
-        m.update(baseline_diagnostics(rewards, greedy_rewards.repeat_interleave(rollout.n)))
+        m.update(baseline_diagnostics(rewards, baselines))
     if seq_adv is not None:
+        seq_adv = gather(seq_adv)
         m["adv/mean"] = float(seq_adv.mean())
         m["adv/std"] = float(seq_adv.std()) if len(seq_adv) > 1 else 0.0
     return m
