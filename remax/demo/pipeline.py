@@ -18,8 +18,9 @@ proxy's flaws show:
    model;
 5. held-out evaluation along training with both the proxy and the gold reward, and the
    over-optimisation picture of Gao et al. 2022 (arXiv 2210.10760): proxy and gold reward
-   against the KL to the pretrained model (`overoptimisation.png`). The proxy keeps
-   rising; whether gold follows, flattens or falls is what the picture shows.
+   against the KL to the pretrained model (`overoptimisation.png`). RL pushes the proxy
+   up; whether gold follows, flattens or falls is what the picture shows (one measured
+   run: benchmarks/README.md, "Issue 18").
 
 Everything goes to output_dir: pairs.jsonl, rm/ (the reward model run, rm/final the
 model), rl/final (the policy), pipeline.json (every figure) and overoptimisation.png.
