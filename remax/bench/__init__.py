@@ -23,7 +23,8 @@ USAGE = """usage: remax bench {speed,memory,quality} [OPTIONS]
   speed     median step time and its split for every algorithm, ratios to PPO and
             REINFORCE, each phase against its FLOP floor, and TRL's GRPOTrainer
   memory    peak memory of remax / reinforce / grpo / ppo at several model sizes
-  quality   reward and KL curves over seeds, the reward-KL frontier, gradient variance
+  quality   reward and KL curves over seeds, the reward-KL frontier, gradient variance;
+            --task vader (the demo), arithmetic (exact match) or rm (a learned proxy + gold)
 
 `remax bench SUBCOMMAND --help` lists its options."""
 
