@@ -328,7 +328,7 @@ def test_finite_weights_check_unit():
 
 
 def test_sampler_never_sees_non_finite_logits():
-    from remax.rollout.generate import FiniteLogitsCheck, NonFiniteLogits
+    from remax.rollout.logits import FiniteLogitsCheck, NonFiniteLogits
 
     check = FiniteLogitsCheck()
     ok = torch.zeros(2, 5)

@@ -37,6 +37,8 @@ from typing import Any, Optional, Sequence
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from remax.rollout.logits import FiniteLogitsCheck
+
 
 def sampling_warpers(temperature: float, top_k: int, top_p: float) -> list:
     """transformers' warpers as `generate(do_sample=True)` builds them for these settings
@@ -91,8 +93,6 @@ def prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple
 def next_tokens(scores: torch.Tensor, is_greedy: torch.Tensor, warpers: list) -> torch.Tensor:
     """(rows, V) float32 logits -> (rows,) ids: argmax on greedy rows, a draw from the
     warped softmax on the others (one `multinomial` call for all of them)."""
-    from remax.rollout.generate import FiniteLogitsCheck
-
     scores = FiniteLogitsCheck()(None, scores)
     tokens = scores.argmax(-1)  # (rows,) first index on ties, as argmax decoding
     sampled = (~is_greedy).nonzero().squeeze(-1)

@@ -32,6 +32,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from remax.algos.masks import response_mask as make_response_mask
 from remax.rollout.decode import decode_shared_prefix
+from remax.rollout.logits import FiniteLogitsCheck
 
 DECODERS = ("fast", "generate")  # rollout.hf_decoder
 
@@ -142,22 +143,6 @@ def model_inputs(
         "attention_mask": torch.cat([prompt_mask.long(), response_mask.long()], dim=1),
         "position_ids": position_ids_for(prompt_mask, response_ids.shape[1]),
     }
-
-
-class NonFiniteLogits(RuntimeError):
-    """The policy's logits hold NaN / +inf (diverged weights): sampling from them is
-    meaningless, and torch.multinomial would fail with a traceback."""
-
-
-class FiniteLogitsCheck(LogitsProcessor):
-    """Raises NonFiniteLogits when a row's logits hold NaN or +inf, or are all -inf, before
-    any other processor or the sampler reads them."""
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        # one pass: a row's max is NaN if it holds a NaN, +inf if it holds +inf, -inf if all are -inf
-        if not bool(torch.isfinite(scores.max(-1).values).all()):
-            raise NonFiniteLogits("the policy's logits are NaN/inf")
-        return scores
 
 
 class ArgmaxRowsProcessor(LogitsProcessor):

@@ -203,7 +203,7 @@ def nonfinite_stop(err: BaseException, step: int, out: Any, lr: float) -> "RunSt
 def nonfinite_guard(step: int, out: Any, lr: float) -> Iterator[None]:
     """Around a training step: diverged weights (check_finite_weights) or logits the sampler
     cannot draw from (NonFiniteLogits) become one RunStopped line (`nonfinite_stop`)."""
-    from remax.rollout.generate import NonFiniteLogits
+    from remax.rollout.logits import NonFiniteLogits
 
     try:
         yield

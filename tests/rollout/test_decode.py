@@ -12,7 +12,7 @@ from remax.config import Config
 from remax.rollout import generate_rollout
 from remax.rollout.backend import HFBackend, build_backend
 from remax.rollout.decode import decode_shared_prefix
-from remax.rollout.generate import NonFiniteLogits
+from remax.rollout.logits import NonFiniteLogits
 
 PROMPTS = ["And God said", "The Lord is my shepherd; I shall not", "Love", "In the beginning God"]
 
