@@ -15,7 +15,7 @@ per-token KL penalty to the pretrained model, on verse-prefix prompts. What it r
    seed-mean curve by linear interpolation. Raw reward at equal steps misleads: an
    algorithm that drifts far from the reference buys reward with KL.
 4. gradient variance (Li et al., arXiv 2310.10505, Sec. 4.3: without the greedy baseline
-   REINFORCE's gradient is far noisier). At fixed policy snapshots (the ReMax seed-0 run at
+   REINFORCE's gradient is far noisier). At fixed policy snapshots (ReMax runs, seeds 0..--grad_seeds-1, at
    its start, middle and end), each estimator draws `--grad_samples` independent gradients
    of its own loss on the same prompts (fresh samples each time, through `Trainer.step`,
    clipping off, the weights restored after each); the figure is the trace of their
@@ -95,6 +95,8 @@ class QualityConfig:
     """Estimators whose gradient variance is measured; empty: skip it."""
     grad_samples: int = 12
     """Independent gradient estimates per (estimator, snapshot)."""
+    grad_seeds: int = 1
+    """ReMax runs (seeds 0..k-1, at most --seeds) at whose start / middle / end weights the gradient variance is measured."""
     pair_prompts: int = 1536
     """--task rm: prompts whose sampled responses make the proxy's preference pairs (remax demo --pipeline's)."""
     offsets: tuple[float, ...] = ()
@@ -146,6 +148,8 @@ def check_config(cfg: QualityConfig) -> None:
         raise InputError(f"--evals must be >= 0, got {cfg.evals}")
     if cfg.task not in TASKS:
         raise InputError(f"--task {cfg.task!r}: choose one of {', '.join(TASKS)}")
+    if not 1 <= cfg.grad_seeds <= cfg.seeds:
+        raise InputError(f"--grad_seeds must be in [1, --seeds {cfg.seeds}], got {cfg.grad_seeds}")
     if cfg.grad_algos and cfg.grad_samples < 2:
         raise InputError(f"--grad_samples must be >= 2 (a variance needs two estimates), got {cfg.grad_samples}")
     if any(k < 0 for k in (cfg.kl_coef, *cfg.kl_sweep)):
@@ -396,7 +400,7 @@ def variance_figures(grads: torch.Tensor) -> dict[str, float]:
 def add_variance_ratios(rows: list[dict[str, Any]]) -> None:
     """trace_cov / ReMax's at the same snapshot and offset (NaN when ReMax was not measured)."""
     def key(r: dict[str, Any]) -> tuple:
-        return r["step"], r.get("offset", 0.0), r.get("series", "snapshots")
+        return r["step"], r.get("offset", 0.0), r.get("series", "snapshots"), r.get("run_seed", 0)
 
     ref = {key(r): r["trace_cov"] for r in rows if r["algo"] == "remax"}
     for r in rows:
@@ -509,14 +513,16 @@ def run_quality(cfg: QualityConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
     start = time.perf_counter()
     snap_steps = (0, cfg.steps // 2, cfg.steps) if cfg.grad_algos else ()
     main_runs: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.algos}
-    snapshots: dict[int, dict] = {}
+    snapshots: dict[int, dict[int, dict]] = {}  # ReMax run seed -> step -> weights
     for seed in range(cfg.seeds):
         order = list(cfg.algos[seed % len(cfg.algos):]) + list(cfg.algos[: seed % len(cfg.algos)])
         for algo in order:
             print(f"[seed {seed}] {algo} ...", file=sys.stderr, flush=True)
-            want = snap_steps if (algo, seed) == ("remax", 0) else ()
+            want = snap_steps if algo == "remax" and seed < cfg.grad_seeds else ()
             run = train_run(task, algo, seed, cfg.kl_coef, cfg, snapshot_steps=want)
-            snapshots.update(run.pop("snapshots"))
+            if want:
+                snapshots[seed] = run.pop("snapshots")
+            run.pop("snapshots", None)
             main_runs[algo].append(run)
     sweep = []
     for kl in cfg.kl_sweep:
@@ -525,15 +531,17 @@ def run_quality(cfg: QualityConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
             run = train_run(task, algo, 0, kl, cfg)
             run.pop("snapshots")
             sweep.append(run)
-    if cfg.grad_algos and not snapshots:  # ReMax was not among --algos: snapshot a ReMax run anyway
-        snapshots = train_run(task, "remax", 0, cfg.kl_coef, cfg, snapshot_steps=snap_steps)["snapshots"]
-    if cfg.grad_algos:
-        print("gradient variance ...", file=sys.stderr, flush=True)
-    gradvar = gradient_variance(task, snapshots, cfg) if cfg.grad_algos else []
-    middle = {cfg.steps // 2: snapshots[cfg.steps // 2]} if snapshots else {}
+    if cfg.grad_algos and not snapshots:  # ReMax was not among --algos: snapshot ReMax runs anyway
+        for seed in range(cfg.grad_seeds):
+            snapshots[seed] = train_run(task, "remax", seed, cfg.kl_coef, cfg, snapshot_steps=snap_steps)["snapshots"]
+    gradvar = []
+    for seed, snaps in snapshots.items() if cfg.grad_algos else ():
+        print(f"gradient variance at the ReMax seed-{seed} run's weights ...", file=sys.stderr, flush=True)
+        gradvar += [dict(r, run_seed=seed) for r in gradient_variance(task, snaps, cfg)]
+    middle = {cfg.steps // 2: snapshots[0][cfg.steps // 2]} if snapshots else {}
     for offset in cfg.offsets if middle else ():  # each from a fresh trainer: the same samples for every offset
         print(f"gradient variance, reward + {offset:g} ...", file=sys.stderr, flush=True)
-        gradvar += [dict(r, series="offset") for r in gradient_variance(task, middle, cfg, offset=offset)]
+        gradvar += [dict(r, series="offset", run_seed=0) for r in gradient_variance(task, middle, cfg, offset=offset)]
     add_variance_ratios(gradvar)
     summary = summarize(main_runs)
     raw = {"command": common.command_line("remax bench quality", argv), "config": vars(cfg), "label": task.label,
@@ -603,13 +611,15 @@ def render(raw: dict[str, Any], cfg: QualityConfig) -> str:
                   common.markdown_table(["algo", "kl_coef", "final held-out reward", "final KL"],
                                         sorted(sweep, key=lambda r: (r[0], r[1])))]
     if raw["gradvar"]:
-        gv = [[r["algo"], r["step"], r.get("offset", 0.0) if r.get("series") == "offset" else "-", r["trace_cov"],
-               r["mean_norm2"], r["noise_to_signal"], r["vs_remax"]] for r in raw["gradvar"]]
-        lines += ["", f"Gradient variance at the ReMax seed-0 run's weights after 0, {cfg.steps // 2} and "
+        gv = [[r["algo"], r.get("run_seed", 0), r["step"], r.get("offset", 0.0) if r.get("series") == "offset" else "-",
+               r["trace_cov"], r["mean_norm2"], r["noise_to_signal"], r["vs_remax"]] for r in raw["gradvar"]]
+        lines += ["", f"Gradient variance at the weights of ReMax runs (seeds 0..{cfg.grad_seeds - 1}) after 0, "
+                  f"{cfg.steps // 2} and "
                   f"{cfg.steps} steps: {cfg.grad_samples} independent estimates each, same prompts, no clipping "
                   f"(reward offset: the offset test, a constant added to the reward at the middle snapshot, every "
                   f"offset on the same samples; '-': the snapshot series):", "",
-                  common.markdown_table(["estimator", "snapshot step", "reward offset", "trace cov", "|mean grad|^2",
+                  common.markdown_table(["estimator", "ReMax run seed", "snapshot step", "reward offset", "trace cov",
+                                         "|mean grad|^2",
                                          "trace / |mean|^2", "trace / ReMax's"], gv)]
     return "\n".join(lines)
 

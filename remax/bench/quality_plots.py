@@ -76,14 +76,20 @@ def plot_frontier(raw: dict[str, Any], path: Path) -> Path:
 
 
 def plot_gradvar(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Bars: trace of the gradient covariance per estimator at each snapshot (log scale)."""
+    """Bars: trace of the gradient covariance per estimator at each snapshot (log scale), the
+    mean over the ReMax runs' seeds; the offset test's rows are left out (a table shows them)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = [r for r in rows if r.get("series") != "offset"]
     algos = list(dict.fromkeys(r["algo"] for r in rows))
     steps = sorted({r["step"] for r in rows})
     width = 0.8 / len(algos)
     for i, algo in enumerate(algos):
-        vals = {r["step"]: r["trace_cov"] for r in rows if r["algo"] == algo}
+        per_step: dict[int, list[float]] = {}
+        for r in rows:
+            if r["algo"] == algo:
+                per_step.setdefault(r["step"], []).append(r["trace_cov"])
+        vals = {step: sum(v) / len(v) for step, v in per_step.items()}
         ax.bar([j + i * width for j in range(len(steps))], [vals.get(s, 0.0) for s in steps], width,
                color=f"C{i}", label=algo)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(steps))], [f"step {s}" for s in steps])

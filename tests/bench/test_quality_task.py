@@ -95,7 +95,8 @@ def test_quality_task_arithmetic_on_tiny(tmp_path):
 def test_quality_task_rm_on_tiny(tiny_dir, tmp_path):
     out = tmp_path / "results"
     argv = ["quality", "--task", "rm", "--model", str(tiny_dir), "--cache_dir", str(tmp_path / "cache"),
-            "--pair_prompts", "128", "--algos", "remax", "ppo", "--seeds", "1", "--steps", "2", "--batch_size", "4",
+            "--pair_prompts", "128", "--algos", "remax", "ppo", "--seeds", "2", "--grad_seeds", "2", "--steps", "2",
+            "--batch_size", "4",
             "--n_eval", "6", "--evals", "0", "--max_new_tokens", "6", "--grad_samples", "2", "--offsets", "0", "3",
             "--out", str(out)]
     assert bench_main(argv) == 0
@@ -104,6 +105,11 @@ def test_quality_task_rm_on_tiny(tiny_dir, tmp_path):
     for p in per.values():
         assert -1.0 <= p["gold_reward"][0] <= 1.0 and "gold_at_matched_kl" in p
     assert set(raw["summary"]["time_to_ppo_gold"]) == {"ppo_final_gold", "ppo_wall_s", "remax_wall_s"}
+    snapshot_rows = [r for r in raw["gradvar"] if r.get("series") != "offset"]
+    # every (run seed, snapshot, estimator) once; ratios against the same run's ReMax
+    assert sorted((r["run_seed"], r["step"], r["algo"]) for r in snapshot_rows) == sorted(
+        (s, t, a) for s in (0, 1) for t in (0, 1, 2) for a in ("remax", "reinforce"))
+    assert all(r["vs_remax"] == 1.0 for r in snapshot_rows if r["algo"] == "remax" and r["trace_cov"] > 0)
     rows = {(r["algo"], r["step"], r["offset"]) for r in raw["gradvar"]}
     assert {("remax", 1, 3.0), ("reinforce", 1, 3.0), ("remax", 0, 0.0), ("reinforce", 2, 0.0)} <= rows
     series = {r["offset"]: r for r in raw["gradvar"] if r.get("series") == "offset" and r["algo"] == "remax"}
