@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from remax.demo import _default_cache
+from remax.errors import InputError
 from remax.demo.pretrain import DEFAULT_STEPS
 
 PAIRS_FILE = "pairs.jsonl"
@@ -171,7 +172,7 @@ def build_proxy(cfg: PipelineConfig, out: Optional[str | Path] = None, *, model_
                                     seed=cfg.seed)
     t_pairs = time.perf_counter() - t0
     if len(pairs) < 10:
-        raise RuntimeError(f"only {len(pairs)} preference pairs from {len(pair_prompts)} prompts (the rest tie under "
+        raise InputError(f"only {len(pairs)} preference pairs from {len(pair_prompts)} prompts (the rest tie under "
                            "the gold reward); raise --pair_prompts or --samples_per_prompt")
     out.mkdir(parents=True, exist_ok=True)
     (out / PAIRS_FILE).write_text("".join(json.dumps(r) + "\n" for r in pairs))

@@ -74,3 +74,15 @@ def test_preference_pairs_take_the_gold_best_and_worst(tmp_path):
     assert rows2 == []  # all tied: no pair
     with pytest.raises(ValueError, match="samples_per_prompt must be >= 2"):
         preference_pairs(model, tok, ["In"], gold, samples_per_prompt=1, max_new_tokens=2, seed=0)
+
+
+def test_too_few_pairs_is_one_line_naming_the_fix(tmp_path):
+    from remax.demo.pretrain import pretrain_demo_model
+    from remax.errors import InputError
+
+    model, tok, _ = pretrain_demo_model(None, steps=1, verses=["In the beginning God created."] * 30, vocab_size=280,
+                                        model_kwargs=dict(n_layer=1, n_embd=16, n_head=2, n_positions=32),
+                                        log=lambda m: None)
+    cfg = PipelineConfig(cache_dir=str(tmp_path / "cache"), pair_prompts=4, max_new_tokens=2)
+    with pytest.raises(InputError, match="raise --pair_prompts or --samples_per_prompt"):
+        build_proxy(cfg, tmp_path / "out", model=model, tokenizer=tok, log=lambda m: None)
