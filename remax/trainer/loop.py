@@ -137,7 +137,8 @@ class Trainer:
             return submit(rows, backend=self.backend, tokenizer=self.tokenizer, data=c.data, n=c.rollout.n_samples,
                           greedy=self.spec.needs_greedy, device=self.device)
 
-        return make_source(c.rollout.async_steps, self.backend, self.rollout,
+        # self.rollout looked up at each call, not bound now: remax.bench wraps the phase methods on the instance
+        return make_source(c.rollout.async_steps, self.backend, lambda rows: self.rollout(rows),
                            lambda step: rollout_stream(self.dist, t.seed, step), start=start,
                            peek=lambda: self.dist.shard(peek_batch(self.sampler)),
                            drain=lambda step: step >= t.steps or bool(c.log.save_every and step % c.log.save_every == 0))
