@@ -288,6 +288,16 @@ def _watch(trainer, floor: FlopFloor, tokens: dict[str, float]) -> None:
             return out
 
         setattr(trainer, phase, wrapped)
+    source_next = trainer.source.next
+
+    def next_batch(*args, **kwargs):  # the step's batch, also when prefetched (async_steps 1: no rollout call)
+        rollout, metrics = source_next(*args, **kwargs)
+        tokens["generated"] = float(rollout.response_mask.sum())
+        tokens["sampled"] = float(rollout.sampled().response_mask.sum())
+        tokens["prompt"] = float(rollout.prompt_mask.sum())
+        return rollout, metrics
+
+    trainer.source.next = next_batch
 
 
 def analytic_bytes(trainer) -> dict[str, float]:
@@ -322,6 +332,7 @@ def measure_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     from remax.trainer import Trainer
 
     device = resolve_device(spec["device"])
+    server = _rollout_server(spec)  # backend vllm_server: the engine's process, on a core of its own
     set_threads(spec.get("threads", 0))
     torch.manual_seed(spec["seed"])
     gflops = matmul_gflops(device)
@@ -334,17 +345,43 @@ def measure_trainer(spec: dict[str, Any]) -> dict[str, Any]:
         cfg = trainer_config(spec["algo"], prompts=spec["prompts"], n=spec["n"], device=device,
                              max_new_tokens=spec["max_new_tokens"], kl_coef=spec["kl_coef"],
                              seed=spec["seed"], output_dir=out, mixed_precision=spec.get("mixed_precision", "no"))
-        trainer = Trainer(cfg, policy=policy, tokenizer=tokenizer, reward_fn=reward, rows=rows)
-        models = {"policy": trainer.policy, "reference": trainer.reference}
-        if trainer.critic is not None:
-            models["critic"] = trainer.critic
-        floor = FlopFloor(models)
-        steps = _run_steps(trainer, floor, spec["warmup"], spec["steps"])
+        cfg.rollout.backend, cfg.rollout.async_steps = spec.get("backend", "hf"), spec.get("async_steps", 0)
+        cfg.rollout.server_url = server[1] if server else None
+        try:
+            trainer = Trainer(cfg, policy=policy, tokenizer=tokenizer, reward_fn=reward, rows=rows)
+            models = {"policy": trainer.policy, "reference": trainer.reference}
+            if trainer.critic is not None:
+                models["critic"] = trainer.critic
+            floor = FlopFloor(models)
+            steps = _run_steps(trainer, floor, spec["warmup"], spec["steps"])
+            trainer.source.close()  # an async run's last prefetch
+            trainer.backend.close()
+        finally:
+            if server:
+                server[0].terminate()
+                server[0].wait(60)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
     return {"algo": spec["algo"], "prompts": spec["prompts"], "n": spec["n"], "device": device,
             "params": floor.params, "matmul_gflops": gflops, "base_rss_mb": base_mb, "peak_mem_mb": peak,
             "mixed_precision": trainer.dist.precision.mode,  # what the run resolved, not what was asked
             **analytic_bytes(trainer), "steps": steps}
+
+
+def _rollout_server(spec: dict[str, Any]):
+    """For spec["backend"] == "vllm_server": `remax serve-rollout` on the first core this
+    worker may use, the worker pinned to the others (2+ cores); (Popen, url), else None.
+    An async run's rollout floor counts only the batches generated on the spot: the
+    prefetched ones are not the trainer's rollout phase (perf/rollout_s is the wait)."""
+    if spec.get("backend", "hf") != "vllm_server":
+        return None
+    from remax.rollout.server import spawn
+
+    cores = sorted(os.sched_getaffinity(0))
+    pin = str(cores[0]) if len(cores) >= 2 else None
+    server = spawn(spec["model_dir"], cpus=pin, max_model_len=256)
+    if pin is not None:
+        os.sched_setaffinity(0, set(cores[1:]))
+    return server
 
 
 def _run_steps(trainer, floor: FlopFloor, warmup: int, steps: int) -> list[dict[str, Any]]:

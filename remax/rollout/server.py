@@ -298,5 +298,24 @@ def serve(config: ServeRolloutConfig) -> None:
         server.server_close()
 
 
+def spawn(model: str, *, cpus: Optional[str] = None, max_model_len: int = 2048, cpu_kvcache_gb: float = 1.0,
+          log_path: Optional[str] = None, python: str = sys.executable) -> tuple[Any, str]:
+    """Start `remax serve-rollout` in a subprocess (benchmarks, notebooks); returns
+    (Popen, url) once it listens. Its log (vLLM's) goes to `log_path`, else is dropped."""
+    import subprocess
+
+    args = [python, "-m", "remax.cli", "serve-rollout", "--model", str(model), "--port", "0",
+            "--max_model_len", str(max_model_len), "--cpu_kvcache_gb", str(cpu_kvcache_gb)]
+    if cpus is not None:
+        args += ["--cpus", cpus]
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+    line = proc.stdout.readline()
+    if " on http://" not in line:
+        proc.kill()
+        raise RuntimeError(f"remax serve-rollout did not start: {line.strip()!r}" + (f"; see {log_path}" if log_path else ""))
+    return proc, line.split(" on ")[1].split(";")[0]
+
+
 __all__ = ["RolloutEngine", "ServeRolloutConfig", "broadcast", "flat_groups", "join_group", "make_server",
-           "parse_cpus", "serve"]
+           "parse_cpus", "serve", "spawn"]
