@@ -49,7 +49,8 @@ def test_remax_learns_the_toy_task_one_step_off_policy(rollout_server, trainer_c
     r = [m["rollout/reward_mean"] for m in history]
     first, last = sum(r[:5]) / 5, sum(r[-5:]) / 5
     record_outcome("gain", last - first, 0.2)
-    # measured (40 steps, seed offsets 0..4, OMP_NUM_THREADS 1): see benchmarks/README.md, "Issue 19"
+    # measured (40 steps, seed offsets 0..4, OMP_NUM_THREADS 1, server and trainer on a core each): gains
+    # 0.34, 0.79, 0.83, 0.36, 0.84; the bound leaves 1.7x to the smallest (benchmarks/README.md, "Issue 19")
     assert last > first + 0.2, (first, last, r)
     # every batch but the first came from the weights one update old, as the server reported
     assert [m["rollout/staleness"] for m in history] == [0.0] + [1.0] * 39
@@ -57,7 +58,9 @@ def test_remax_learns_the_toy_task_one_step_off_policy(rollout_server, trainer_c
     # the engine's log-probs are the sampling weights': on-policy (step 1) they match the trainer's to float
     # rounding; one update old, the gap TIS corrects is orders of magnitude larger
     assert history[0]["rollout/logprob_mismatch_max"] < 1e-3
-    assert min(m["rollout/logprob_mismatch_mean"] for m in history[1:]) > 10 * history[0]["rollout/logprob_mismatch_mean"]
+    # (measured: step 1 1.3e-7 .. 1.5e-7; the stale steps' median far above, their minimum 1.9e-5 .. 5e-2)
+    stale = sorted(m["rollout/logprob_mismatch_mean"] for m in history[1:])
+    assert stale[len(stale) // 2] > 10 * history[0]["rollout/logprob_mismatch_mean"]
     assert all(m["rollout/engine_probe_diff"] <= 1e-3 for m in history)  # every push checked
 
 
