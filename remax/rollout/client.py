@@ -42,7 +42,8 @@ from remax.errors import InputError
 from remax.rollout.generate import Rollout
 from remax.rollout.types import RolloutServerError, Sampling
 from remax.rollout.vllm import (
-    DEFAULT_TOL, PROBE_LEN, check_probe, check_rows, make_probe, plain_weights, probe_diff, prompt_lists, to_rollout,
+    DEFAULT_TOL, PROBE_LEN, check_probe, check_rows, logprob_diff, make_probe, plain_weights, probe_diff, prompt_lists,
+    to_rollout, trainer_probe_logprobs,
 )
 
 
@@ -179,8 +180,6 @@ class VLLMServerBackend:
         server joins it as rank 1 (POST /init_comm) while this process joins as rank 0."""
         import torch.distributed as dist
 
-        from remax.rollout.server import join_group
-
         with socket.create_connection((self.host, self.port), timeout=min(self.timeout_s, 30.0)) as s:
             host = s.getsockname()[0]  # this machine's address as the server sees it
         timeout = datetime.timedelta(seconds=self.timeout_s)
@@ -206,13 +205,14 @@ class VLLMServerBackend:
     def push(self, policy: Any, version: int = -1) -> None:
         """The policy's weights to the server (one flat buffer per dtype, tied weights once),
         loaded there in place; `version`: the step they belong to."""
-        from remax.rollout.server import broadcast, flat_groups
+        self._send(*self._pack(policy, version))
 
-        if self.group is None:
-            self._open_channel()
-        weights = plain_weights(policy)
+    def _pack(self, policy: Any, version: int) -> tuple[dict[str, Any], list[tuple[Any, torch.Tensor]]]:
+        """The request body and the flat buffers (copies: the policy may change after this)."""
+        from remax.rollout.server import flat_groups
+
         tensors, aliases, seen = [], {}, {}
-        for name, t in weights.items():
+        for name, t in plain_weights(policy).items():
             key = (t.data_ptr(), t.shape, t.dtype)
             if key in seen:
                 aliases[name] = seen[key]
@@ -222,10 +222,18 @@ class VLLMServerBackend:
         specs = [(name, list(t.shape), t.dtype) for name, t in tensors]
         body = {"tensors": [[n, s, str(d).removeprefix("torch.")] for n, s, d in specs], "aliases": aliases,
                 "version": version}
+        flats = [(dtype, torch.cat([tensors[i][1].detach().reshape(-1) for i in idx]).to(self.device))
+                 for dtype, idx in flat_groups(specs).items()]
+        return body, flats
+
+    def _send(self, body: dict[str, Any], flats: list[tuple[Any, torch.Tensor]]) -> None:
+        from remax.rollout.server import broadcast
+
+        if self.group is None:
+            self._open_channel()
 
         def send(failed: threading.Event) -> None:
-            for idx in flat_groups(specs).values():
-                flat = torch.cat([tensors[i][1].detach().reshape(-1) for i in idx]).to(self.device)
+            for _, flat in flats:
                 try:
                     broadcast(self.group, flat, abort=failed.is_set)
                 except RuntimeError as err:
@@ -238,6 +246,27 @@ class VLLMServerBackend:
                                              "resume with --resume auto") from None
 
         _concurrently(lambda: self._request("POST", "/update_weights", body), send)
+
+    def sync_later(self, policy: Any, step: int) -> Future:
+        """`sync` off the caller's path: the weights are copied and the trainer's probe
+        log-probs computed NOW (the policy may change next), the push and the server's probe
+        run on the request worker, before any rollout submitted after this call. The
+        future's result is sync's metrics, or EngineOutOfSync / RolloutServerError: the
+        prefetching source waits for it before it trains on a batch from these weights."""
+        packed = self._pack(policy, step)
+        trainer = trainer_probe_logprobs(policy, self.probe) if self.verify_every and step % self.verify_every == 0 \
+            else None
+
+        def run() -> dict[str, float]:
+            self._send(*packed)
+            if trainer is None:
+                return {}
+            out = self._request("POST", "/probe", {"probe": self.probe.tolist()})
+            diff = logprob_diff(torch.tensor(out["logprobs"], dtype=torch.float64), trainer)
+            return {"rollout/engine_probe_diff": check_probe(diff, self.tol, self.dtype, step,
+                                                             engine=f"the rollout server at {self.url}")}
+
+        return self.pool.submit(run)
 
     def probe_diff(self, policy: Any) -> float:
         """max |server - trainer| log-prob of the probe's tokens 1..L-1."""

@@ -317,15 +317,25 @@ def engine_probe_logprobs(llm: Any, probe: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probe_diff(engine: torch.Tensor, policy: Any, probe: torch.Tensor) -> float:
-    """max |engine - trainer| log-prob of the probe's tokens 1..L-1; inf when not finite."""
+def trainer_probe_logprobs(policy: Any, probe: torch.Tensor) -> torch.Tensor:
+    """(L-1,) the trainer's log-probs of the probe's tokens 1..L-1 (temperature 1), on CPU."""
     device = next(policy.parameters()).device
     ids = probe.to(device)[None]  # (1, L)
     with eval_mode(policy):  # every module's flags come back as found: checkpointing stays on
         trainer = response_logprobs(policy, ids[:, :1], torch.ones_like(ids[:, :1]), ids[:, 1:],
                                     torch.ones(1, ids.shape[1] - 1, device=device))[0]  # (L-1,)
+    return trainer.double().cpu()
+
+
+def logprob_diff(engine: torch.Tensor, trainer: torch.Tensor) -> float:
+    """max |engine - trainer|; inf when not finite."""
     diff = (engine.double().cpu() - trainer.double().cpu()).abs().max()
     return float(diff) if torch.isfinite(diff) else float("inf")
+
+
+def probe_diff(engine: torch.Tensor, policy: Any, probe: torch.Tensor) -> float:
+    """max |engine - trainer| log-prob of the probe's tokens 1..L-1; inf when not finite."""
+    return logprob_diff(engine, trainer_probe_logprobs(policy, probe))
 
 
 def check_probe(diff: float, tol: float, dtype: torch.dtype, step: int, engine: str = "the vLLM engine") -> float:

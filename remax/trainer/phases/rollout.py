@@ -14,8 +14,10 @@ branches on the mode:
 - `OnPolicy` (async_steps 0): sync the weights, then generate this step's batch.
 - `Prefetching` (async_steps 1, one step off-policy): while step t trains, the server
   generates step t+1's batch from the weights before step t's update (W_t): at step
-  t+1 the source waits for it, pushes W_t+1, submits step t+2's batch and returns the
-  waiting one. Each batch's staleness (the step - the server's reported weights version)
+  t+1 the source waits for it, pushes W_t+1 (off the trainer's path where the backend can:
+  `sync_later` copies the weights and computes the trainer's probe side now, the server's
+  side of the push and probe runs while the trainer trains, and its result is checked
+  before the batch it fed is trained on), submits step t+2's batch and returns the waiting one. Each batch's staleness (the step - the server's reported weights version)
   is logged as rollout/staleness: 1 in steady state, 0 for a batch generated on the spot.
   The off-policy gap is corrected by TIS (loss.tis) on the engine's log-probs, which are
   the log-probs of the weights that sampled.
@@ -32,6 +34,7 @@ in between) is dropped and the step's batch generated on the spot."""
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -103,30 +106,50 @@ class Prefetching(OnPolicy):
         # start(rows) -> a pending rollout; peek() -> the next step's rows, not drawn; drain(step): never prefetch it
         super().__init__(backend, generate, stream)
         self.start, self.peek, self.drain = start, peek, drain
-        self.pending: Optional[tuple[int, list[dict[str, Any]], Any]] = None  # (step, rows, pending rollout)
+        # (step, rows, pending rollout, the future of the push its weights came with, or None)
+        self.pending: Optional[tuple[int, list[dict[str, Any]], Any, Optional[Future]]] = None
 
     def next(self, rows: list[dict[str, Any]], step: int, policy: Any, sw: Stopwatch) -> tuple[Any, dict[str, float]]:
         pending, self.pending = self.pending, None
+        synced: Any = None  # this step's push, when still to come: a future of its metrics, or its metrics
         if pending is not None and pending[0] == step and pending[1] == rows:
             with sw("rollout"):  # only the part of generation that training did not hide
+                metrics = dict(pending[3].result()) if pending[3] is not None else {}  # the push + probe of its weights
                 rollout = pending[2].result()
-            with sw("sync"):  # the server takes this step's weights, for the next step's batch
-                metrics = dict(self.backend.sync(policy, step))
             metrics["rollout/staleness"] = float(step - pending[2].version)
+            if not self.drain(step + 1):  # the server takes this step's weights, for the next step's batch
+                with sw("sync"):
+                    synced = self._sync_later(policy, step)
+                if not isinstance(synced, Future):
+                    metrics.update(synced)
         else:  # the first step, a step after a checkpoint, or a prefetch of other rows: on the spot
             if pending is not None:
-                pending[2].result()  # let the server finish it (its weights follow in order), then drop it
-            rollout, metrics = super().next(rows, step, policy, sw)
+                self._forget(pending)  # let the server finish it (its weights follow in order), then drop it
+            rollout, metrics = super().next(rows, step, policy, sw)  # the engine holds this step's weights now
         if not self.drain(step + 1):
             with self.stream(step + 1):  # the next step's seeds, drawn now from its own stream
                 rows_next = self.peek()
-                self.pending = (step + 1, rows_next, self.start(rows_next))
+                later = synced if isinstance(synced, Future) else None
+                self.pending = (step + 1, rows_next, self.start(rows_next), later)
         return rollout, metrics
+
+    def _sync_later(self, policy: Any, step: int) -> Any:
+        """The push of this step's weights: off the trainer's path where the backend can
+        (`sync_later`: a future of its metrics, resolved before the batch it feeds is
+        trained on), else now (its metrics)."""
+        later = getattr(self.backend, "sync_later", None)
+        return later(policy, step) if callable(later) else dict(self.backend.sync(policy, step))
+
+    @staticmethod
+    def _forget(pending: tuple) -> None:
+        for future in (pending[3], pending[2]):
+            if future is not None:
+                future.result()
 
     def close(self) -> None:
         if self.pending is not None:  # a batch nobody will train on: wait for the server, then forget it
             try:
-                self.pending[2].result()
+                self._forget(self.pending)
             except Exception:  # noqa: BLE001 - the run is ending; its own error (if any) was reported
                 pass
             self.pending = None
