@@ -149,6 +149,18 @@ def sample_batch(tokens: torch.Tensor, starts: torch.Tensor, batch_size: int, bl
     return tokens[offsets]
 
 
+def lm_step(model, optimizer, batch: torch.Tensor, grad_clip: float) -> float:
+    """One next-token-prediction step on a (B, T+1) token batch, gradients clipped to
+    `grad_clip`; returns the loss (the demo's and the arithmetic task's pretraining)."""
+    logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
 def lr_at(step: int, progress: float, cfg: dict) -> float:
     """Linear warmup over `warmup_steps`, then cosine from lr to lr*min_lr_ratio as
     `progress` (fraction of the steps done) goes from 0 to 1."""
@@ -171,13 +183,7 @@ def train_lm(model, tokens, starts, cfg: dict, steps: int, seed: int, log) -> di
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, step / steps, cfg)
         batch = sample_batch(tokens, starts, B, T, gen)  # (B, T+1)
-        logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        optimizer.step()
-        losses.append(round(loss.item(), 4))
+        losses.append(round(lm_step(model, optimizer, batch, cfg["grad_clip"]), 4))
         if time.perf_counter() - last_log >= LOG_EVERY_S:
             last_log = time.perf_counter()
             elapsed = last_log - t_start

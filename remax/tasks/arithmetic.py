@@ -32,7 +32,6 @@ from typing import Any, Callable, Optional, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 # the pretrained model's size and recipe (chosen by the sweep in benchmarks/README.md, "Issue 18")
 MODEL_KWARGS: dict[str, int] = dict(n_layer=2, n_embd=64, n_head=4, n_positions=32)
@@ -132,13 +131,7 @@ def pretrain_arithmetic_model(cache_dir: Optional[str], probs: Problems, *, max_
         for group in optimizer.param_groups:
             group["lr"] = pt.lr_at(step, step / max_steps, cfg)
         batch = pt.sample_batch(tokens, starts, cfg["batch_size"], cfg["block_size"], gen)  # (B, T+1)
-        logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(pt.lm_step(model, optimizer, batch, cfg["grad_clip"]))
         step += 1
         if step % check_every == 0 or step == max_steps:
             model.eval()
