@@ -318,8 +318,8 @@ def cmd_demo(args: Sequence[str]) -> int:
             description="The paper's pipeline offline: pretrain (cached), preference pairs of the model's own "
             "responses labelled by VADER (the gold reward), a Bradley-Terry reward model on them (the proxy), ReMax "
             "against the proxy, held-out proxy and gold reward along training and the over-optimisation plot "
-            "(Gao et al. 2022). About 9 minutes on a busy 2-core CPU with the pretrained model cached "
-            "(benchmarks/README.md, Issue 18), plus the demo's pretraining on a first run.",
+            "(Gao et al. 2022). 3.6 minutes on an idle 2-core CPU from an empty cache, pretraining included "
+            "(benchmarks/README.md, Issue 18); several times that on a loaded machine.",
         )
         run_pipeline(config)
         return 0
