@@ -115,20 +115,12 @@ def test_quality_on_tiny(tiny_dir, tmp_path):
     assert "Gradient variance" in (out / "quality.md").read_text()
 
 
-def test_gradient_variance_with_a_varying_reward(tiny_dir):
+def test_gradient_variance_with_a_varying_reward(varying_reward_task):
     """Repeated gradient estimates at one snapshot differ (fresh samples each time), and the
     weights are restored after each, so every estimate is taken at the snapshot."""
     from remax.bench import quality
-    from remax.models import load_tokenizer
 
-    def reward(prompts, responses):  # varies with the sampled text, in [0, 1]
-        return [(len(r) % 5) / 4 for r in responses]
-
-    prompts = ["In the beginning", "And God said", "The LORD is", "Blessed are the"]
-    task = quality.Task(str(tiny_dir), load_tokenizer(str(tiny_dir)), [{"prompt": p} for p in prompts], [], reward)
-    snapshot = {k: v.clone() for k, v in quality.load_policy(str(tiny_dir)).state_dict().items()}
-    cfg = quality.QualityConfig(grad_algos=("remax", "reinforce"), grad_samples=3, batch_size=4, max_new_tokens=4)
-    rows = quality.gradient_variance(task, {0: snapshot}, cfg)
+    rows = quality.gradient_variance(*varying_reward_task)
     assert [(r["algo"], r["step"]) for r in rows] == [("remax", 0), ("reinforce", 0)]
     assert all(r["trace_cov"] > 0 and r["mean_norm2"] > 0 for r in rows)
     assert rows[0]["vs_remax"] == 1.0 and rows[1]["vs_remax"] == rows[1]["trace_cov"] / rows[0]["trace_cov"]

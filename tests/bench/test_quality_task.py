@@ -44,18 +44,10 @@ def test_offset_reward_and_task_defaults():
     assert vader == quality.QualityConfig()
 
 
-def test_a_constant_offset_leaves_remax_gradients_and_grows_reinforce_variance(tiny_dir):
-    from remax.models import load_tokenizer
-
-    def reward(prompts, responses):  # varies with the sampled text, in [0, 1]
-        return [(len(r) % 5) / 4 for r in responses]
-
-    prompts = ["In the beginning", "And God said", "The LORD is", "Blessed are the"]
-    task = quality.Task(str(tiny_dir), load_tokenizer(str(tiny_dir)), [{"prompt": p} for p in prompts], [], reward)
-    snapshot = {k: v.clone() for k, v in quality.load_policy(str(tiny_dir)).state_dict().items()}
-    cfg = quality.QualityConfig(grad_algos=("remax", "reinforce"), grad_samples=3, batch_size=4, max_new_tokens=4)
-    plain = {r["algo"]: r["trace_cov"] for r in quality.gradient_variance(task, {0: snapshot}, cfg)}
-    shifted = {r["algo"]: r for r in quality.gradient_variance(task, {0: snapshot}, cfg, offset=10.0)}
+def test_a_constant_offset_leaves_remax_gradients_and_grows_reinforce_variance(varying_reward_task):
+    task, snapshots, cfg = varying_reward_task
+    plain = {r["algo"]: r["trace_cov"] for r in quality.gradient_variance(task, snapshots, cfg)}
+    shifted = {r["algo"]: r for r in quality.gradient_variance(task, snapshots, cfg, offset=10.0)}
     assert shifted["remax"]["offset"] == 10.0
     # same seeds, same samples: r + c - (b + c) = r - b, so ReMax's estimates are the same ones
     assert shifted["remax"]["trace_cov"] == pytest.approx(plain["remax"], rel=1e-4)
