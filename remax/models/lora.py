@@ -180,20 +180,47 @@ def merged_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
     the plain key names (`transformer.h.0.attn.c_attn.weight`), no lora_* tensors. For a rollout
     backend that loads a plain model (vLLM's load_weights) and for `final/merged/`. The policy
     itself is not changed; only the adapted weights are new tensors. A plain model's own
-    state dict (detached) when the policy has no adapters."""
+    state dict (detached) when the policy has no adapters.
+
+    A policy sharded by FSDP (its parameters DTensors): the same sums on the shards (DTensor
+    ops), each result gathered whole; a collective, so every rank must call it, in step."""
     if not is_peft_model(policy):
         return {k: v.detach() for k, v in policy.state_dict().items()}
     base = policy.get_base_model()
     deltas = _lora_deltas(base)
+    whole = _Gathered()
     out = {}
     for key, value in base.state_dict().items():
         if ".lora_" in key:  # lora_A / lora_B / lora_embedding_* / lora_magnitude_vector
             continue
         value = value.detach()
         if key in deltas:
-            value = value + deltas[key].to(value.dtype)
-        out[key.replace(".base_layer.", ".")] = value
+            out[key.replace(".base_layer.", ".")] = whole(value + deltas[key].to(value.dtype), shared=False)
+        else:
+            out[key.replace(".base_layer.", ".")] = whole(value)
     return out
+
+
+class _Gathered:
+    """FSDP shards (DTensors) -> whole tensors; any other tensor as it is. A weight tied
+    under two names (GPT-2's embedding and LM head: one DTensor) is gathered once and
+    both names get the one tensor, as in the unsharded state dict, so that
+    save_pretrained still writes it once."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, torch.Tensor] = {}  # a parameter's local storage -> its whole tensor
+
+    def __call__(self, tensor: torch.Tensor, shared: bool = True) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor
+
+        if not isinstance(tensor, DTensor):
+            return tensor
+        if not shared:  # a new sum: its storage is freed afterwards and may be reused, so never a key
+            return tensor.full_tensor()
+        key = tensor.to_local().data_ptr()  # the parameter's own shard, alive through the loop
+        if key not in self.done:
+            self.done[key] = tensor.full_tensor()
+        return self.done[key]
 
 
 def merged_copy(policy: nn.Module) -> nn.Module:

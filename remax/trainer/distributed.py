@@ -140,6 +140,11 @@ class Dist:
         stays off: this one is the run's)."""
         return self.precision.autocast()
 
+    def frozen(self, name: str, model: Any) -> Any:
+        """A model no optimizer steps (the reference), as the loop runs its no-grad forwards:
+        itself here; FSDP shards it like the trained ones."""
+        return model
+
     def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
         """Around a micro-batch's forward and backward: `sync` False on all but the last
         micro-batch of an optimizer step, where DDP then skips its gradient all-reduce
@@ -383,6 +388,7 @@ class FSDPDist(AccelerateDist):
 
     def __init__(self, config: Any) -> None:
         self.units: dict[str, list[nn.Module]] = {}  # name -> its FSDP units, the root last
+        self.forward_only: set[str] = set()  # names of the sharded frozen models (`frozen`): no backward
         saved = os.environ.pop("ACCELERATE_USE_FSDP", None)  # a DDP-type Accelerator: the process group and device
         try:
             super().__init__(config)
@@ -408,6 +414,24 @@ class FSDPDist(AccelerateDist):
                 group["params"] = [now[names[id(p)]] for p in group["params"]]
             self.trained[name] = model
         return dict(models), optimizers
+
+    def frozen(self, name: str, model: Any) -> Any:
+        """The reference sharded like the policy (one FSDP unit per decoder block, the rest
+        the root), so each rank holds 1/W of its weights, not a whole copy. It only runs
+        no-grad forwards (the preparation's reference log-probs, every rank the same number
+        of micro-batches): each unit is all-gathered for its forward and freed right after,
+        the root too (fully_shard keeps a root's weights gathered after forward, for the
+        backward that follows in training; the reference has none). Left as it is: LoRA's
+        `AdaptersOff`, the policy's own (sharded) base with the adapters off, and an
+        offloaded reference (`--model.reference_offload`: it holds no device memory at all
+        between its forwards, in CPU memory whole)."""
+        from remax.trainer.memory import OffloadedModel
+
+        if not isinstance(model, nn.Module) or isinstance(model, OffloadedModel):
+            return model
+        self.units[name] = shard_model(model, reshard_after_forward=True)
+        self.forward_only.add(name)
+        return model
 
     def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
         """Each micro-batch's backward reduce-scatters its gradients into the shards (FSDP's
@@ -439,9 +463,9 @@ class FSDPDist(AccelerateDist):
         try:
             yield
         finally:
-            root = units[-1]
-            for unit in units:
-                unit.set_reshard_after_forward(unit is not root, recurse=False)  # fully_shard's defaults
+            root, frozen = units[-1], name in self.forward_only
+            for unit in units:  # as shard_model left them: fully_shard's defaults, every unit for a frozen model
+                unit.set_reshard_after_forward(frozen or unit is not root, recurse=False)
                 unit.reshard()
 
     def full_state_dict(self, name: str) -> Optional[dict[str, torch.Tensor]]:
@@ -469,16 +493,19 @@ def block_classes(model: nn.Module) -> set[str]:
     return names
 
 
-def shard_model(model: nn.Module) -> list[nn.Module]:
+def shard_model(model: nn.Module, reshard_after_forward: Optional[bool] = None) -> list[nn.Module]:
     """fully_shard every block of `model`, then `model` itself (its embeddings, final norm,
-    head, and for PPO's critic the value head); returns the units, the root last."""
+    head, and for PPO's critic the value head); returns the units, the root last.
+    `reshard_after_forward` None: fully_shard's defaults (blocks freed after forward, the
+    root kept gathered for the backward); True: every unit freed (a forward-only model)."""
     from torch.distributed.fsdp import fully_shard
 
+    kwargs = {} if reshard_after_forward is None else {"reshard_after_forward": reshard_after_forward}
     blocks = block_classes(model)
     units = [m for m in model.modules() if m is not model and type(m).__name__ in blocks]
     for unit in units:
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
     return units + [model]
 
 

@@ -177,6 +177,7 @@ class Trainer:
         self.eos_token_id = eos_token_ids(self.tokenizer, self.policy)  # every stop id: tokenizer + generation_config
         check_vocab(self.tokenizer, self.policy, {"--model.reference": self.reference if m.reference else None,
                                                   "--model.critic": self.critic if m.critic else None})
+        self.reference = self.dist.frozen("reference", self.reference)  # FSDP: sharded too (after the checks' shapes)
 
     def _build_reward(self) -> Callable[..., Any]:
         r = self.config.reward

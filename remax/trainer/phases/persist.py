@@ -22,7 +22,7 @@ from typing import Any, Callable, NoReturn, Optional
 from remax.config import Config, save_config
 from remax.errors import RunStopped
 from remax.models.critic import VALUE_HEAD_FILE
-from remax.models.lora import merged_copy
+from remax.models.lora import merged_copy, merged_state_dict
 from remax.trainer.checkpoint import (
     SHARDED,
     RunState,
@@ -161,13 +161,18 @@ def stop(reason: str, exit_code: int, state: RunState, *, out: Path, dist: Any,
 def save_final(path: Path, *, policy: Any, tokenizer: Any, dist: Any, save_merged: bool) -> None:
     """final/: the policy and its tokenizer, loadable with from_pretrained (with LoRA: the
     adapter, for peft.PeftModel.from_pretrained; save_merged adds final/merged/). Under
-    FSDP one directory too: the full weights gathered on rank 0."""
+    FSDP one directory too: the full weights gathered on rank 0 (with LoRA its adapter
+    out of them; merged/ from the merged weights every rank gathers: a sharded model
+    cannot be deep-copied and merged on one rank)."""
     state_dict = dist.full_state_dict("policy")  # consolidated FSDP / ZeRO-3 shards; None otherwise
+    merged = merged_state_dict(policy) if save_merged and state_dict is not None else None  # all ranks
     if dist.is_main:
         with atomic_dir(path) as tmp:
             save_pretrained_dir(policy, tokenizer, tmp, state_dict=state_dict)
-            if save_merged:
+            if save_merged and merged is None:
                 save_pretrained_dir(merged_copy(policy), tokenizer, tmp / "merged")
+            elif save_merged:  # the plain architecture (adapters are not in merged's names) with the merged weights
+                save_pretrained_dir(policy.get_base_model(), tokenizer, tmp / "merged", state_dict=merged)
     dist.barrier()
 
 
