@@ -22,7 +22,12 @@ the LM head's output are 2 bytes except the float32 residual stream and norms
 bytes each) live from the update's forward through its backward.
 
 Sharding divides weights (ZeRO-3 / FSDP FULL_SHARD), gradients (ZeRO >= 2) and Adam
-moments (ZeRO >= 1) by the number of GPUs. Activations per token per layer are the
+moments (ZeRO >= 1) by the number of GPUs. `--fsdp` (remax's --train.strategy fsdp)
+shards as ZeRO-3 and the frozen reference too (remax's DeepSpeed keeps a whole reference
+on every GPU). With sharded weights the rollout gathers the whole policy on every GPU
+(for generate: the other GPUs' shards, (1 - 1 / gpus) of it, come on top of the KV
+cache); the reference's forward and the update gather one block at a time (not counted).
+Activations per token per layer are the
 tensors a decoder block keeps for backward, after Korthikanti et al. 2022 (arXiv
 2205.05198) without their dropout masks: 8 h (two layer-norm inputs and outputs, q / k /
 v, the attention output) + 5 I (h hidden, I the MLP width: GPT-2's tanh GELU keeps about
@@ -91,6 +96,7 @@ class PlanInputs:
     flash_attention: bool = False  # True: no L x L attention scores kept (flash / memory-efficient SDPA on GPUs)
     mixed_precision: str = "no"  # --train.mixed_precision: no | bf16 | fp16 (float32 master weights, low-precision compute)
     foreach: bool = True  # torch's AdamW on GPUs (foreach); on CPU it loops over the tensors (see optimizer_step_bytes)
+    fsdp: bool = False  # --train.strategy fsdp: ZeRO-3's sharding, and the reference sharded too
     device_memory_gb: Optional[float] = None
 
 
@@ -244,12 +250,14 @@ def plan(shape: ModelShape, p: PlanInputs) -> Plan:
     w_ref = DTYPE_BYTES[p.reference_dtype or p.dtype]
     lora = p.lora_r * shape.lora_params_per_rank
     trainable = lora if p.lora_r else shape.params
-    parts = {f"policy {k}": v for k, v in training_state_bytes(shape.params + lora, trainable, w, p.zero, p.gpus).items()}
-    # LoRA's reference is the base with the adapters off: no second copy
-    parts["reference"] = 0.0 if (p.reference_offload or p.lora_r) else shape.params * w_ref
+    zero = 3 if p.fsdp else p.zero  # FSDP shards weights, gradients and moments as ZeRO-3 does
+    parts = {f"policy {k}": v for k, v in training_state_bytes(shape.params + lora, trainable, w, zero, p.gpus).items()}
+    # LoRA's reference is the base with the adapters off: no second copy; FSDP shards a reference copy
+    shard_ref = p.gpus if p.fsdp else 1
+    parts["reference"] = 0.0 if (p.reference_offload or p.lora_r) else shape.params * w_ref / shard_ref
     if p.algo == "ppo":
         critic = shape.trunk_params + shape.hidden + 1
-        parts.update({f"critic {k}": v for k, v in training_state_bytes(critic, critic, w, p.zero, p.gpus).items()})
+        parts.update({f"critic {k}": v for k, v in training_state_bytes(critic, critic, w, zero, p.gpus).items()})
     static = sum(parts.values())
     prompts = max(p.batch // p.gpus, 1)
     greedy = 1 if p.algo == "remax" else 0
@@ -273,11 +281,14 @@ def plan(shape: ModelShape, p: PlanInputs) -> Plan:
         parts["autocast weight copies"] = copies
         act += copies
     parts["rollout KV cache"] = rollout
+    if zero >= 3 and p.gpus > 1:  # generate runs on the whole policy: the other GPUs' shards gathered for it
+        parts["policy gathered for the rollout"] = gathered = (shape.params + lora) * w * (1 - 1 / p.gpus)
+        rollout += gathered
     if mixed:  # no-grad forwards under autocast (rollout, reference) cast each weight as they use it: the LM head's
         parts["autocast cast of the LM head"] = head_cast = 2 * shape.vocab * shape.hidden
         rollout += head_cast
     trainable_all = trainable + (shape.trunk_params + shape.hidden + 1 if p.algo == "ppo" else 0)
-    shard_o = p.gpus if p.zero >= 1 else 1
+    shard_o = p.gpus if zero >= 1 else 1
     parts["optimizer step temporaries"] = opt_step = optimizer_step_bytes(shape, trainable_all, w, p.foreach, shard_o)
     # Gradients are freed (zero_grad(set_to_none)) when an optimizer step starts and come
     # back during its backward while the activations go: the first micro-batch's forward
@@ -299,6 +310,7 @@ def suggestions(shape: ModelShape, p: PlanInputs) -> list[tuple[str, float]]:
         ("--dtype bf16", dict(dtype="bf16")),
         ("--lora-r 16", dict(lora_r=16)),
         (f"--zero 3 --gpus {max(p.gpus, 8)}", dict(zero=3, gpus=max(p.gpus, 8))),
+        (f"--fsdp --gpus {max(p.gpus, 8)}", dict(fsdp=True, gpus=max(p.gpus, 8))),
         ("--dtype bf16 --gradient-checkpointing --lora-r 16",
          dict(dtype="bf16", gradient_checkpointing=True, lora_r=16)),
     ]
@@ -306,6 +318,8 @@ def suggestions(shape: ModelShape, p: PlanInputs) -> list[tuple[str, float]]:
     for flag, change in tries:
         if all(getattr(p, k) == v for k, v in change.items()):
             continue
+        if ("zero" in change and p.fsdp) or ("fsdp" in change and p.zero):
+            continue  # one way of sharding at a time (the CLI takes --zero or --fsdp)
         new = plan(shape, dataclasses.replace(p, **change))
         if new.fits:
             out.append((flag, new.peak))
@@ -320,7 +334,7 @@ def ppo_vs_remax(params: int) -> str:
 
 def render(result: Plan) -> str:
     p = result.inputs
-    lines = [f"remax plan: {p.algo}, {p.gpus} device(s), ZeRO {p.zero}, {p.dtype}"
+    lines = [f"remax plan: {p.algo}, {p.gpus} device(s), {'FSDP' if p.fsdp else f'ZeRO {p.zero}'}, {p.dtype}"
              f"{', ' + p.mixed_precision + ' mixed precision' if p.mixed_precision != 'no' else ''}"
              f"{', LoRA r=' + str(p.lora_r) if p.lora_r else ''}"
              f"{', gradient checkpointing' if p.gradient_checkpointing else ''}; per device:"]
@@ -364,7 +378,10 @@ def parse_plan_args(args: Sequence[str]) -> tuple[str, Optional[str], PlanInputs
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--micro-batch", type=int, default=8, help="rows per forward/backward (--train.micro_batch_size)")
     ap.add_argument("--lora-r", type=int, default=0)
-    ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage (3 = FSDP FULL_SHARD)")
+    ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3],
+                    help="DeepSpeed ZeRO stage (3: weights sharded; remax keeps the reference whole)")
+    ap.add_argument("--fsdp", action="store_true",
+                    help="--train.strategy fsdp: weights, gradients, Adam moments and the reference sharded over --gpus")
     ap.add_argument("--gpus", type=int, default=1)
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPE_BYTES),
                     help="the weights' dtype (--model.dtype); float32 with --mixed-precision for fp32 master weights")
@@ -384,12 +401,14 @@ def parse_plan_args(args: Sequence[str]) -> tuple[str, Optional[str], PlanInputs
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     if a.lora_r < 0:
         raise InputError(f"--lora-r must be 0 (off) or more, got {a.lora_r}")
+    if a.fsdp and a.zero:
+        raise InputError(f"--fsdp shards as ZeRO-3 by itself; drop --zero {a.zero} (or --fsdp for DeepSpeed)")
     inputs = PlanInputs(
         algo=a.algo, batch=a.batch, n_samples=a.n_samples, prompt_tokens=a.prompt_tokens,
         max_new_tokens=a.max_new_tokens, micro_batch=a.micro_batch, lora_r=a.lora_r, zero=a.zero, gpus=a.gpus,
         dtype=a.dtype, reference_dtype=a.reference_dtype, reference_offload=a.reference_offload,
         gradient_checkpointing=a.gradient_checkpointing, flash_attention=a.flash_attention,
-        mixed_precision=a.mixed_precision, foreach=a.device == "cuda",
+        mixed_precision=a.mixed_precision, foreach=a.device == "cuda", fsdp=a.fsdp,
         device_memory_gb=parse_memory(a.device_memory) if a.device_memory else None,
     )
     return a.model, a.reward_model, inputs

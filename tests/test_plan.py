@@ -125,6 +125,21 @@ def test_options_lower_what_they_should():
     assert ckpt.activations < full.activations
 
 
+def test_fsdp_shards_the_reference_too_and_the_rollout_gathers_the_policy():
+    """N = 1000 fp32 on 4 GPUs. --fsdp: policy 16N / 4 = 4000 and reference 4N / 4 = 1000;
+    DeepSpeed's ZeRO-3 the same policy state but the whole reference, 4000. Either way the
+    rollout gathers the 3 other quarters of the policy's weights: 3000 bytes on top of the KV cache."""
+    base = PlanInputs(algo="remax", batch=8, micro_batch=8, gpus=4)
+    fsdp, zero3 = plan(SHAPE, dataclasses.replace(base, fsdp=True)), plan(SHAPE, dataclasses.replace(base, zero=3))
+    assert (fsdp.parts["policy weights"], fsdp.parts["policy gradients"], fsdp.parts["policy adam"]) == (1000, 1000, 2000)
+    assert fsdp.parts["reference"] == 1000 and zero3.parts["reference"] == 4000
+    assert fsdp.static == 5000 and zero3.static == 8000
+    kv = kv_cache_bytes(SHAPE, 2 * (1 + 1), 512, 4)  # 8 prompts / 4 GPUs, 1 sample + 1 greedy row each
+    assert fsdp.parts["policy gathered for the rollout"] == 3000 and fsdp.rollout == kv + 3000
+    assert "policy gathered for the rollout" not in plan(SHAPE, base).parts  # nothing sharded, nothing gathered
+    assert plan(SHAPE, dataclasses.replace(base, fsdp=True, lora_r=2)).parts["reference"] == 0  # the base, adapters off
+
+
 def test_model_shape_counts_what_a_real_model_has():
     config = GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2)
     shape = model_shape(config)
@@ -178,6 +193,11 @@ def test_cli_plan_end_to_end(tmp_path, capsys):
     assert cli(["plan", "--model", str(tmp_path / "m"), "--mixed-precision", "bf16", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "bf16 mixed precision" in out and "autocast weight copies" in out and "optimizer step temporaries" in out
+    assert cli(["plan", "--model", str(tmp_path / "m"), "--fsdp", "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 device(s), FSDP" in out and "policy gathered for the rollout" in out
+    assert cli(["plan", "--model", str(tmp_path / "m"), "--fsdp", "--zero", "3"]) == 2
+    assert "drop --zero 3" in capsys.readouterr().err
     assert cli(["plan", "--model", str(tmp_path / "nothing")]) == 2
     assert "cannot read a model config" in capsys.readouterr().err
 
