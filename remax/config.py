@@ -93,6 +93,8 @@ class RolloutConfig:
     """0: each step generates its batch, then trains on it. 1: the batch of step t+1 is generated (by a vllm_server) while step t trains, from the weights before step t's update (one step off-policy; needs TIS, see loss.tis)."""
     hf_decoder: Literal["fast", "generate"] = "fast"
     """hf: 'fast' (each prompt prefilled once, its KV cache shared by its sampled and greedy rows, finished rows leave the batch) or 'generate' (one transformers `generate` call, the reference). Same greedy rows and sampling distribution."""
+    hf_kernels: Literal["torch", "onednn"] = "torch"
+    """hf on CPU: the rollout's matmul kernels. 'torch' (torch's own, as generate runs them) or 'onednn' (every fp32 Linear / Conv1D runs oneDNN's matmul on weights packed once per rollout: about 2x faster decode-step matmuls on CPUs where MKL's short matmuls are slow; logits equal to ~1e-6, so greedy rows equal generate's except at near-ties; fp32 only, not under mixed precision)."""
     verify_every: int = 1
     """vllm: check the engine's weights every this many steps (its log-probs of a fixed probe against the trainer's); a mismatch stops the run. 0 turns the check off."""
     verify_tol: Optional[float] = None

@@ -346,6 +346,7 @@ def measure_trainer(spec: dict[str, Any]) -> dict[str, Any]:
                              max_new_tokens=spec["max_new_tokens"], kl_coef=spec["kl_coef"],
                              seed=spec["seed"], output_dir=out, mixed_precision=spec.get("mixed_precision", "no"))
         cfg.rollout.backend, cfg.rollout.async_steps = spec.get("backend", "hf"), spec.get("async_steps", 0)
+        cfg.rollout.hf_kernels = spec.get("hf_kernels", "torch")
         cfg.rollout.server_url = server[1] if server else None
         try:
             trainer = Trainer(cfg, policy=policy, tokenizer=tokenizer, reward_fn=reward, rows=rows)

@@ -69,6 +69,8 @@ class SpeedConfig:
     """remax algorithms raced against TRL's GRPO at the race's prompts x samples."""
     backend: Literal["hf", "vllm", "vllm_server"] = "hf"
     """Rollout backend (--rollout.backend): hf generate, vLLM in the trainer's process, or a `remax serve-rollout` process started per run on the first core (the trainer on the others); vllm*: run from .venv-vllm."""
+    hf_kernels: Literal["torch", "onednn"] = "torch"
+    """--rollout.hf_kernels (backend hf, fp32 on CPU): torch's matmuls, or oneDNN's on weights packed per rollout."""
     async_steps: int = 0
     """--rollout.async_steps: 1 overlaps generation (vllm_server) with training; perf/rollout_s is then the wait."""
     threads: int = 0
@@ -107,6 +109,9 @@ def check_config(cfg: SpeedConfig) -> str:
     if cfg.async_steps not in (0, 1) or (cfg.async_steps and cfg.backend != "vllm_server"):
         raise InputError(f"--async_steps {cfg.async_steps}: 0, or 1 with --backend vllm_server (the engine in its "
                          "own process is what overlaps with training)")
+    if cfg.hf_kernels != "torch" and (cfg.backend != "hf" or set(cfg.mixed_precision) != {"no"}):
+        raise InputError(f"--hf_kernels {cfg.hf_kernels} sets the hf backend's fp32 kernels: use it with --backend hf "
+                         "and --mixed_precision no")
     if cfg.trl and cfg.trl_n < 2:
         raise InputError(f"--trl_n must be >= 2 (GRPO compares samples of one prompt), got {cfg.trl_n}")
     for algo in cfg.trl_algos if cfg.trl else ():
@@ -154,7 +159,7 @@ def jobs(cfg: SpeedConfig, model_dir: str, device: str) -> dict[str, tuple[str, 
     for mode in cfg.mixed_precision:
         base = dict(model_dir=model_dir, max_new_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, device=device,
                     seed=cfg.seed, warmup=cfg.warmup, steps=cfg.steps, threads=cfg.threads, mixed_precision=mode,
-                    backend=cfg.backend, async_steps=cfg.async_steps)
+                    backend=cfg.backend, async_steps=cfg.async_steps, hf_kernels=cfg.hf_kernels)
         for algo in cfg.algos:
             prompts, n = common.samples_rule(algo, cfg.prompts, cfg.n)
             out[label(algo, mode, cfg)] = (TRAINER, dict(base, algo=algo, prompts=prompts, n=n))
@@ -345,7 +350,8 @@ def render(raw: dict[str, Any], cfg: SpeedConfig) -> str:
              f"fp32 matmul rate measured in this run: {raw['matmul_gflops']:.1f} GFLOP/s; "
              f"torch threads per process: {cfg.threads or 'default'}; precision (--train.mixed_precision): "
              f"{', '.join(cfg.mixed_precision)} (no = fp32; float32 master weights and Adam); rollout backend "
-             f"{cfg.backend}, async_steps {cfg.async_steps}", ""]
+             f"{cfg.backend}, async_steps {cfg.async_steps}"
+             f"{', hf_kernels ' + cfg.hf_kernels if cfg.backend == 'hf' else ''}", ""]
     rows = [[a, f"{s['prompts']}x{s['n']}", s["step_s"], s["rollout_s"], s["score_s"], s["prepare_s"],
              s["update_s"], s["other_s"], s["peak_mem_mb"], s["generated_tok_per_s"],
              _ratio(s, "ppo"), _ratio(s, "reinforce"), s.get("mem_vs_ppo", float("nan"))]

@@ -11,7 +11,8 @@ so nothing downstream knows which one ran.
 
 - `hf` (the default and the reference): `generate_rollout`, sampled and greedy rows in one
   decode loop on the policy itself (`rollout.hf_decoder`: `fast`, each prompt prefilled
-  once and finished rows out of the batch, or `generate`, one `model.generate` call). It
+  once and finished rows out of the batch, or `generate`, one `model.generate` call;
+  `rollout.hf_kernels onednn`: packed oneDNN matmuls on CPU, `remax.rollout.kernels`). It
   shares the policy's weights, so `sync` has nothing to push.
 - `vllm` (`remax.rollout.vllm`, an optional extra): a colocated vLLM engine. `sync` pushes
   the weights into it and every `rollout.verify_every` steps checks them with a probe.
@@ -40,6 +41,7 @@ import torch
 
 from remax.config import ConfigError
 from remax.rollout.generate import Rollout, generate_rollout
+from remax.rollout.kernels import rollout_kernels
 from remax.rollout.types import (  # the shared types, re-exported: callers import them from here
     EngineOutOfSync,
     RolloutBackend,
@@ -55,14 +57,19 @@ class HFBackend:
 
     def __init__(self, policy: Any, sampling: Sampling,
                  forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                 decoder: str = "fast") -> None:
+                 decoder: str = "fast", kernels: str = "torch") -> None:
         # forward_context: the run's precision (train.mixed_precision's autocast), as the trainer's forwards;
-        # decoder: rollout.hf_decoder (`generate_rollout`'s decoder)
+        # decoder: rollout.hf_decoder (`generate_rollout`'s decoder); kernels: rollout.hf_kernels
         self.policy, self.sampling, self.forward_context, self.decoder = policy, sampling, forward_context, decoder
+        if kernels != "torch" and next(policy.parameters()).device.type != "cpu":
+            raise ConfigError(f"--rollout.hf_kernels {kernels} packs weights for CPU matmuls, and the policy is on "
+                              f"{next(policy.parameters()).device}: remove --rollout.hf_kernels")
+        self.kernels = kernels
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:
         s = self.sampling
-        with self.forward_context():
+        rows = prompt_ids.shape[0] * (n + int(greedy))  # the first decode step's batch
+        with self.forward_context(), rollout_kernels(self.kernels, self.policy, rows):
             return generate_rollout(
                 self.policy, prompt_ids, prompt_mask, n=n, greedy=greedy, max_new_tokens=s.max_new_tokens,
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
@@ -79,7 +86,8 @@ class HFBackend:
 
 def _build_hf(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
               forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
-    return HFBackend(policy, sampling, forward_context, decoder=getattr(config.rollout, "hf_decoder", "fast"))
+    return HFBackend(policy, sampling, forward_context, decoder=getattr(config.rollout, "hf_decoder", "fast"),
+                     kernels=getattr(config.rollout, "hf_kernels", "torch"))
 
 
 def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,

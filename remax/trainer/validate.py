@@ -8,6 +8,7 @@ import warnings
 from typing import Any, Optional
 
 from remax.config import Config, ConfigError, all_keys, check_types, closest
+from remax.rollout import kernels as rollout_kernels
 
 
 def resolve_kl(config: Config, spec: Any) -> tuple[str, str]:
@@ -103,6 +104,15 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
         (r.backend != "vllm_server" or have_backend or bool(r.server_url),
          "--rollout.backend vllm_server needs --rollout.server_url http://HOST:PORT (start the server with "
          "`remax serve-rollout --model PATH`)"),
+        (r.hf_kernels == "torch" or r.backend == "hf" or have_backend,
+         f"--rollout.hf_kernels {r.hf_kernels} sets the hf backend's kernels; --rollout.backend {r.backend} runs "
+         "its own: remove --rollout.hf_kernels"),
+        (r.hf_kernels == "torch" or t.mixed_precision in ("auto", "no"),
+         f"--rollout.hf_kernels {r.hf_kernels} packs fp32 weights, and under --train.mixed_precision "
+         f"{t.mixed_precision} the rollout runs autocast's kernels: remove one of the two"),
+        (r.hf_kernels == "torch" or rollout_kernels.available(),
+         f"--rollout.hf_kernels {r.hf_kernels}: this torch build has no oneDNN linear operators "
+         "(torch.backends.mkldnn); use --rollout.hf_kernels torch"),
         (r.server_timeout_s > 0, f"--rollout.server_timeout_s must be > 0 seconds, got {r.server_timeout_s}"),
         (L.value_clip_eps > 0, f"--loss.value_clip_eps must be > 0, got {L.value_clip_eps}"),
         (L.vf_coef >= 0, f"--loss.vf_coef must be >= 0, got {L.vf_coef}"),
