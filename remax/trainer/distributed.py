@@ -14,7 +14,8 @@ weights are laid out. `Dist` (one process) is the identity everywhere. Several p
 - `FSDPDist` (`--train.strategy fsdp`, or `auto` under configs/accelerate/fsdp.yaml) shards
   them with PyTorch's FSDP2 `fully_shard` itself: each decoder block (the classes a
   Hugging Face model lists in `_no_split_modules`) is one unit, the rest of the model the
-  root unit. Why not accelerate's FSDP2 plugin: accelerate 1.16 turns an FSDP config into
+  root unit; the frozen reference too (`Dist.frozen`: forward only, every unit freed after
+  its forward), unless it is LoRA's adapters-off base, which is the sharded policy itself. Why not accelerate's FSDP2 plugin: accelerate 1.16 turns an FSDP config into
   FSDP only for GPU-type launches; on CPU (`Accelerator(cpu=True)`, gloo) it silently
   stays DDP (distributed_type MULTI_CPU, checked on this machine), and remax's CI is CPU.
   One FSDP code path for CPU and GPU is the one the tests run.
