@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _worker import make_config, run, trainer_class  # noqa: E402
+from _worker import SEED_OFFSET, make_config, run, trainer_class  # noqa: E402
 
 RUNS = {"kl": dict(loss__kl_coef=0.2), "lora": dict(loss__kl_coef=0.2, lora__r=8, lora__save_merged=True)}
 LOGGED = ("kl/mean", "loss/policy")
@@ -48,7 +48,9 @@ def main(mode: str, tok_dir: str, out: Path) -> None:
     torch.set_num_threads(1)  # 2 processes on a 2-core machine
     tokenizer = load_tokenizer(tok_dir)
     ranks = mode == "ranks"
-    saved: dict = {}
+    from remax.models.tiny import tiny_causal_lm
+
+    saved: dict = {"init": tiny_causal_lm(tokenizer, seed=SEED_OFFSET).state_dict()}  # the policy each run starts from
     for name, flags in RUNS.items():
         config = make_config("remax", out / f"{name}-{mode}", steps=STEPS, log__save_every=2, **flags)
         config.train.strategy = "fsdp"  # one process ignores it

@@ -77,3 +77,15 @@ def test_one_process_dist_is_the_identity():
     assert d.loss_normalisers(t.sum(), 2) == {"num_tokens": t.sum(), "num_seqs": 2}
     assert d.gather_rng({"torch": 1}) == {"torch": 1} and d.own_rng({"ranks": [{"a": 0}, {"a": 1}]}) == {"a": 0}
     assert d.from_main(True) is True and d.full_state_dict("policy") is None
+
+
+def test_kl_metrics_are_the_whole_batch_ratios():
+    """Rank 0: KL sum 2 over 2 tokens (1 sequence); rank 1: 2 over 6 tokens (1 sequence).
+    The batch's kl/mean is 4 / 8 = 0.5 on both ranks (the mean of the ranks' own means, 1
+    and 1/3, would be 2/3), kl/seq_mean 4 / 2 = 2; one process keeps its own sums."""
+    from remax.trainer.phases.update import kl_metrics
+
+    sums = [(2.0, 2.0, 1), (2.0, 6.0, 1)]
+    got = Lockstep(2).run(lambda r, reduce: kl_metrics(*sums[r], reduce))
+    assert got == [{"kl/mean": 0.5, "kl/seq_mean": 2.0}] * 2
+    assert kl_metrics(2.0, 6.0, 1, Dist().all_reduce_sum) == {"kl/mean": 2.0 / 6.0, "kl/seq_mean": 2.0}

@@ -8,8 +8,11 @@ which is then resumed from its step-2 sharded checkpoint.
 
 Tolerance: test_equivalence.py's ATOL (float32 round-off of two half-batch gradients
 against one accumulation, magnified by Adam on tiny gradients). Measured max |2 FSDP ranks
-- 1 process| at seed offset 0: weights 4.5e-7 (full) and 7.3e-8 (LoRA), logged kl/mean
-5.0e-8 and 2.0e-8, merged final/ 4.8e-8.
+- 1 process| over seed offsets 0..5: weights 4.1e-6 (full) and 8.2e-7 (LoRA), logged
+kl/mean 7.8e-8 (both; the metric is the whole batch's, `kl_metrics`), merged final/ 4.8e-8
+at offset 0. That the KL is really there: its largest |kl/mean| over the 4 steps was at
+least 8.6e-3 (full, bound 1e-3) and 4.7e-4 (LoRA, bound 1e-4) at every offset, the
+smallest largest-|lora_B| 7.4e-3 (bound 100 ATOL = 2e-3).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ._worker import SEED_OFFSET
 from .test_equivalence import ATOL, _env, _max_diff, ranks_command
 
 pytestmark = pytest.mark.slow
@@ -50,10 +52,9 @@ def saved(runs):
 
 
 @pytest.fixture(scope="module")
-def init(tokenizer):
-    from remax.models.tiny import tiny_causal_lm
-
-    return tiny_causal_lm(tokenizer, seed=SEED_OFFSET).state_dict()
+def init(saved):
+    """The weights every run started from, as the workers built them."""
+    return saved["reference"]["init"]
 
 
 def test_the_reference_is_sharded_on_each_rank(saved):
@@ -73,7 +74,7 @@ def test_sharded_reference_gives_the_kl_and_weights_of_one_process(saved, init):
     print(f"FSDP + sharded reference: max |2 ranks - 1 process| = {diff:.2e}")
     assert diff < ATOL
     kl, kl_one = ranks["kl/history"]["kl/mean"], one["kl/history"]["kl/mean"]
-    assert kl[-1].abs() > 1e-3  # the reference is really used: the policy has moved away from it by step 4
+    assert kl.abs().max() > 1e-3  # the reference is really used: the policy moves away from it (8.6e-3 at least)
     torch.testing.assert_close(kl, kl_one, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ranks["kl/history"]["loss/policy"], one["kl/history"]["loss/policy"], rtol=1e-4, atol=1e-6)
     # pi_ref stays the starting policy: gathered after training, bit for bit the initial weights
@@ -96,7 +97,7 @@ def test_lora_under_fsdp_trains_the_adapters_of_one_process(saved, init):
         if ".lora_" not in key:
             assert torch.equal(value, init[plain]), key  # the frozen base never moves
     kl = ranks["lora/history"]["kl/mean"]
-    assert kl[-1].abs() > 1e-4
+    assert kl.abs().max() > 1e-4  # 4.7e-4 at least
     torch.testing.assert_close(kl, one["lora/history"]["kl/mean"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ranks["lora/history"]["loss/policy"], one["lora/history"]["loss/policy"], rtol=1e-4,
                                atol=1e-6)
@@ -122,6 +123,7 @@ def test_lora_under_fsdp_saves_the_adapter_and_the_merged_model(runs, saved, ini
     rank1 = saved["ranks-1"]["lora/pushed"]  # every rank's engine gets the whole merged tensors
     assert all(torch.equal(rank1[k], pushed[k]) for k in pushed)
     adapted = [k for k in pushed if "c_attn.weight" in k]  # peft's GPT-2 default target: the adapters merged in
+    # 2.3e-2 at least over seed offsets 0..5
     assert adapted and min((merged[k] - init[k]).abs().max().item() for k in adapted) > 100 * ATOL
     assert all(torch.equal(merged[k], init[k]) for k in init if "c_attn" not in k)
 

@@ -41,6 +41,15 @@ def update(batch: Batch, *, step: int, config: Config, recipe: Recipe, trained: 
     return _Update(config, recipe, trained, optimizers, dist, step).run(batch)
 
 
+def kl_metrics(kl_sum: float, tokens: float, seqs: float, all_reduce_sum) -> dict[str, float]:
+    """kl/mean (per response token) and kl/seq_mean (per sequence) of the whole batch, from
+    this rank's sums: the sums are all-reduced first, so every rank logs the global ratio (a
+    mean of per-rank token means, which the metrics' mean over ranks would give, weighs a
+    token by how few its rank has)."""
+    kl, n_tokens, n_seqs = all_reduce_sum(torch.tensor([kl_sum, tokens, float(seqs)], dtype=torch.float64)).tolist()
+    return {"kl/mean": kl / max(n_tokens, 1.0), "kl/seq_mean": kl / max(n_seqs, 1.0)}
+
+
 @dataclass
 class _Update:
     config: Config
@@ -66,8 +75,8 @@ class _Update:
         if self.dist.precision.scaler is not None:
             stats["train/scaler_skips"] = float(acc.get("_scaler_skips", 0))  # optimizer steps skipped in this step
             stats["train/loss_scale"] = float(self.dist.precision.scaler.get_scale())
-        stats["kl/mean"] = acc["_kl_sum"] / max(acc["_tokens"], 1.0)
-        stats["kl/seq_mean"] = acc["_kl_sum"] / max(batch.seq_count(torch.arange(n_rows)), 1)
+        stats.update(kl_metrics(acc["_kl_sum"], acc["_tokens"], batch.seq_count(torch.arange(n_rows)),
+                                self.dist.all_reduce_sum))
         stats.update(logprob_mismatch_metrics(acc))  # engine vs trainer on the sampled tokens
         return stats
 
