@@ -15,8 +15,9 @@ weights are laid out. `Dist` (one process) is the identity everywhere. Several p
   them with PyTorch's FSDP2 `fully_shard` itself: each decoder block (the classes a
   Hugging Face model lists in `_no_split_modules`) is one unit, the rest of the model the
   root unit; the frozen reference too (`Dist.frozen`: forward only, every unit freed after
-  its forward), unless it is LoRA's adapters-off base, which is the sharded policy itself. Why not accelerate's FSDP2 plugin: accelerate 1.16 turns an FSDP config into
-  FSDP only for GPU-type launches; on CPU (`Accelerator(cpu=True)`, gloo) it silently
+  its forward), unless it is LoRA's adapters-off base, which is the sharded policy itself.
+  Why not accelerate's FSDP2 plugin: accelerate 1.16 turns an FSDP config into FSDP only
+  for GPU-type launches; on CPU (`Accelerator(cpu=True)`, gloo) it silently
   stays DDP (distributed_type MULTI_CPU, checked on this machine), and remax's CI is CPU.
   One FSDP code path for CPU and GPU is the one the tests run.
 
@@ -47,6 +48,10 @@ Only rank 0 writes config, metrics and final/ (and a checkpoint's run state, gat
 every rank's RNG states); with FSDP every rank writes its shards of a checkpoint.
 DDP and FSDP run in this project's tests (CPU, gloo), and DeepSpeed ZeRO-3 where deepspeed is
 installed (CPU, gloo: remax/trainer/zero.py says what that takes).
+
+The process group outlives the run: it is destroyed at interpreter exit, after a bounded
+barrier (remax/teardown.py: a rank exiting with gloo's worker threads still alive
+could abort with SIGABRT after a successful run).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from torch import nn
 
 from remax.config import ConfigError
 from remax.trainer.precision import Precision
+from remax.teardown import register_teardown
 
 # ranks whose rollouts differ only by this seed offset (a large odd constant keeps the
 # (seed, step, rank) triples from colliding for any realistic seed and step)
@@ -226,6 +232,7 @@ class AccelerateDist(Dist):
 
         # DeepSpeed on CPU needs cpu=False and gloo named (remax/trainer/zero.py); DDP otherwise on CPU
         self.acc = Accelerator(mixed_precision="no", **accelerator_kwargs(config))
+        register_teardown()  # the group destroyed at exit, after a bounded barrier (remax/teardown.py)
         self.kind = self.acc.distributed_type
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process

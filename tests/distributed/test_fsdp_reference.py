@@ -59,7 +59,9 @@ def init(saved):
 
 def test_the_reference_is_sharded_on_each_rank(saved):
     """Every reference parameter is a DTensor and each rank holds about half of the entries
-    (FSDP pads a dim 0 that 2 does not divide: 'about'); one process holds them all, plainly."""
+    (FSDP pads a dim 0 that 2 does not divide: 'about'); one process holds them all, plainly.
+    Looked at after training: the root unit too was freed after its last forward (a root
+    kept gathered, as fully_shard keeps a trained model's, would show plain tensors)."""
     for rank in ("ranks", "ranks-1"):
         layout = saved[rank]["kl/layout"]
         print(f"{rank}: reference entries held {layout['local']} of {layout['full']}")
