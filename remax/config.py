@@ -98,7 +98,9 @@ class RolloutConfig:
     verify_every: int = 1
     """vllm: check the engine's weights every this many steps (its log-probs of a fixed probe against the trainer's); a mismatch stops the run. 0 turns the check off."""
     verify_tol: Optional[float] = None
-    """vllm: largest allowed |engine - trainer| log-prob on the probe; None picks 1e-4 for float32 and 0.1 for bfloat16 / float16."""
+    """vllm: largest allowed |engine - trainer| log-prob on the probe; None picks by the ENGINE's dtype (rollout.vllm_dtype, or the server's): 1e-4 for float32, 0.1 for bfloat16 / float16."""
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """vllm: the engine's dtype. auto: bfloat16 under --train.mixed_precision bf16 (float16 under fp16), else the policy weights' dtype: the engine computes as the trainer's autocast does, with half the weight memory of the float32 master weights. Each push casts the weights into it; the probe then compares with the trainer's forward under autocast to it, at 0.1 (float32: 1e-4). An explicit float32 keeps the exact float32 engine."""
     vllm_gpu_memory_utilization: float = 0.3
     """vllm on GPU: share of the GPU's memory the engine may take (weights + KV cache); the trainer needs the rest."""
     vllm_cpu_kvcache_gb: float = 1.0

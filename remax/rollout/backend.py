@@ -92,7 +92,7 @@ def _build_hf(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
 
 def _build_vllm(config: Any, policy: Any, tokenizer: Any, sampling: Sampling,
                 forward_context: Callable[[], Any] = contextlib.nullcontext) -> RolloutBackend:
-    # the engine computes in the policy weights' dtype (float32 under mixed precision); autocast does not reach it
+    # the engine computes in rollout.vllm_dtype (auto: the run's autocast dtype, else the weights'); pushes cast to it
     from remax.rollout.vllm import VLLMBackend  # an optional extra's backend: loaded only when a run asks for it
 
     return VLLMBackend.from_config(config, policy, tokenizer, sampling)

@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from remax.config import ConfigError
 from remax.errors import InputError
 from remax.rollout.generate import Rollout
 from remax.rollout.types import RolloutServerError, Sampling
@@ -45,6 +46,9 @@ from remax.rollout.vllm import (
     DEFAULT_TOL, PROBE_LEN, check_probe, check_rows, logprob_diff, make_probe, plain_weights, probe_diff, prompt_lists,
     to_rollout, trainer_probe_logprobs,
 )
+from remax.trainer.precision import check_engine_dtype, resolve_mode
+
+DTYPE_NAMES = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what each resolved mode computes in
 
 
 _ABANDONED: list[Any] = []  # weights channels given up on mid-broadcast (see `push`)
@@ -79,8 +83,8 @@ class VLLMServerBackend:
             raise InputError(f"--rollout.verify_every must be >= 0 (0 turns the probe off), got {verify_every}")
         self.url, self.host, self.port = url, parsed.hostname, parsed.port or 80
         self.sampling, self.device, self.dtype, self.timeout_s = sampling, device, dtype, timeout_s
-        self.verify_every = verify_every
-        self.tol = DEFAULT_TOL.get(dtype, 0.1) if verify_tol is None else verify_tol
+        self.verify_every, self.verify_tol = verify_every, verify_tol
+        self.set_dtype(dtype)  # the server's dtype, once check_server has asked it
         self.probe = make_probe(vocab_size, probe_len)  # (L,) the same sequence the in-process backend uses
         self.version: Optional[int] = None  # the step whose weights the last rollout came from
         self.group: Any = None  # (store, process group): the weights channel, opened at the first push
@@ -101,8 +105,15 @@ class VLLMServerBackend:
         vocab = policy.get_output_embeddings().weight.shape[0]
         backend = cls(r.server_url, sampling, device=param.device, dtype=param.dtype, vocab_size=vocab,
                       timeout_s=r.server_timeout_s, verify_every=r.verify_every, verify_tol=r.verify_tol)
-        backend.check_server(vocab, max_len=config.data.max_prompt_tokens + r.max_new_tokens)
+        backend.check_server(vocab, max_len=config.data.max_prompt_tokens + r.max_new_tokens,
+                             mode=resolve_mode(config.train.mixed_precision, param.device))
         return backend
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """The engine's dtype: pushes are cast to it, the probe computed in it, and its
+        tolerance (unless rollout.verify_tol sets one) follows it."""
+        self.dtype = dtype
+        self.tol = DEFAULT_TOL.get(dtype, 0.1) if self.verify_tol is None else self.verify_tol
 
     # ---------------------------------------------------------------- HTTP
     def _request(self, method: str, path: str, body: Optional[dict[str, Any]] = None,
@@ -135,16 +146,27 @@ class VLLMServerBackend:
                                      f"{payload.get('detail', payload)}")
         return payload
 
-    def check_server(self, vocab_size: int, max_len: int) -> dict[str, Any]:
-        """GET /health at start: the server is up and runs this policy's vocabulary and dtype."""
+    def check_server(self, vocab_size: int, max_len: int, mode: str = "no") -> dict[str, Any]:
+        """GET /health at start: the server is up and runs this policy's vocabulary, in a dtype
+        the run can use. The server's dtype (`remax serve-rollout --dtype`) becomes the
+        engine's: a bfloat16 server beside a float32 or bf16-mixed trainer gets its pushes
+        cast to bfloat16 and a bf16 probe (tolerance 0.1), as the colocated engine's
+        rollout.vllm_dtype does; one that contradicts the run's mixed precision `mode`
+        (float16 beside bf16, bfloat16 beside fp16) is refused."""
         info = self._request("GET", "/health", timeout=min(self.timeout_s, 30.0))
-        dtype = str(self.dtype).removeprefix("torch.")
+        dtype = info.get("dtype")
         if info.get("vocab_size") != vocab_size:
             raise InputError(f"the rollout server at {self.url} holds a model with {info.get('vocab_size')} tokens, "
                              f"the policy has {vocab_size}; start it with --model set to the policy's path")
-        if info.get("dtype") != dtype:
-            raise InputError(f"the rollout server at {self.url} runs {info.get('dtype')}, the policy is {dtype}; "
-                             f"restart it with --dtype {dtype}")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise InputError(f"the rollout server at {self.url} runs {dtype}, not float32 / bfloat16 / float16; "
+                             f"restart it with --dtype {str(self.dtype).removeprefix('torch.')}")
+        try:
+            check_engine_dtype(dtype, mode, flag="the server's --dtype")
+        except ConfigError:
+            raise InputError(f"the rollout server at {self.url} runs {dtype}, and --train.mixed_precision {mode} "
+                             f"computes in {DTYPE_NAMES[mode]}; restart it with --dtype {DTYPE_NAMES[mode]}") from None
+        self.set_dtype(getattr(torch, dtype))
         if info.get("max_model_len", max_len) <= self.sampling.max_new_tokens:  # a longer prompt: the server says so
             raise InputError(f"the rollout server at {self.url} holds {info['max_model_len']} positions, fewer than "
                              f"--rollout.max_new_tokens {self.sampling.max_new_tokens} + a prompt; restart it with "
@@ -219,12 +241,12 @@ class VLLMServerBackend:
                 continue
             seen[key] = name
             tensors.append((name, t))
-        specs = [(name, list(t.shape), t.dtype) for name, t in tensors]
+        # floating tensors travel in the server's dtype: cast as they are copied into the flat buffer
+        specs = [(name, list(t.shape), self.dtype if t.is_floating_point() else t.dtype) for name, t in tensors]
         body = {"tensors": [[n, s, str(d).removeprefix("torch.")] for n, s, d in specs], "aliases": aliases,
                 "version": version}
-        flats = [(dtype, torch.cat([tensors[i][1].detach().reshape(-1) for i in idx]).to(self.device))
-                 for dtype, idx in flat_groups(specs).items()]
-        return body, flats
+        return body, [(dtype, _flat([tensors[i][1] for i in idx], dtype, self.device))
+                      for dtype, idx in flat_groups(specs).items()]
 
     def _send(self, body: dict[str, Any], flats: list[tuple[Any, torch.Tensor]]) -> None:
         from remax.rollout.server import broadcast
@@ -254,7 +276,7 @@ class VLLMServerBackend:
         future's result is sync's metrics, or EngineOutOfSync / RolloutServerError: the
         prefetching source waits for it before it trains on a batch from these weights."""
         packed = self._pack(policy, step)
-        trainer = trainer_probe_logprobs(policy, self.probe) if self.verify_every and step % self.verify_every == 0 \
+        trainer = trainer_probe_logprobs(policy, self.probe, self.dtype) if self.verify_every and step % self.verify_every == 0 \
             else None
 
         def run() -> dict[str, float]:
@@ -271,7 +293,7 @@ class VLLMServerBackend:
     def probe_diff(self, policy: Any) -> float:
         """max |server - trainer| log-prob of the probe's tokens 1..L-1."""
         out = self._request("POST", "/probe", {"probe": self.probe.tolist()})
-        return probe_diff(torch.tensor(out["logprobs"], dtype=torch.float64), policy, self.probe)
+        return probe_diff(torch.tensor(out["logprobs"], dtype=torch.float64), policy, self.probe, self.dtype)
 
     def verify(self, policy: Any, step: int) -> float:
         return check_probe(self.probe_diff(policy), self.tol, self.dtype, step,
@@ -293,6 +315,17 @@ class VLLMServerBackend:
                 self._request("POST", "/close_comm", {}, timeout=5.0)
             except RolloutServerError:
                 pass  # a server already gone has nothing to close
+
+
+def _flat(tensors: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(sum of numels,) the tensors flattened into ONE new buffer of `dtype` on `device`:
+    each copied (and cast) into its slice, with no intermediate full-size copy."""
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=dtype, device=device)
+    offset = 0
+    for t in tensors:
+        flat[offset: offset + t.numel()].copy_(t.detach().reshape(-1))
+        offset += t.numel()
+    return flat
 
 
 def _concurrently(remote: Callable[[], Any], local: Callable[[threading.Event], Any]) -> Any:

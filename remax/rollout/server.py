@@ -57,7 +57,7 @@ class ServeRolloutConfig:
     port: int = 8100
     """Port to listen on; 0 picks a free one (the address is printed)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """The engine's dtype; 'auto' takes the checkpoint's (float32 when it names none). Must be the trainer's policy dtype."""
+    """The engine's dtype; 'auto' takes the checkpoint's (float32 when it names none). float32 serves a float32 or mixed-precision trainer exactly; bfloat16 halves the weights' memory: the trainer casts its pushes to it and checks the probe at the bf16 tolerance (one that contradicts its mixed precision, float16 beside bf16, is refused)."""
     max_model_len: int = 2048
     """Longest prompt + response the engine holds (capped at the model's context)."""
     cpus: Optional[str] = None

@@ -32,12 +32,27 @@ engine has loaded it). Every step:
   the memory. vLLM's CPU worker has no sleep mode (it logs and ignores it), so this
   code path only runs on GPUs and is not exercised by the CPU tests.
 
+Dtype (`rollout.vllm_dtype`): auto builds the engine in the run's autocast dtype under
+`--train.mixed_precision bf16 / fp16`, else in the policy weights' dtype; so a bf16-mixed
+run (float32 master weights) samples from a bf16 engine, half the weights' memory, as
+TRL / verl users run vLLM. Each push casts the weights one tensor at a time as vLLM's
+reload consumes them (`cast_weights`: no second full copy; vLLM's loaders would `copy_`
+float32 into bf16 too, with a warning per tensor, but not every loader is a plain copy).
+The probe compares in the engine's precision: a bf16 / fp16 engine with the trainer's
+forward under autocast to its dtype (the update's own log-probs under mixed precision), a
+float32 engine with float32 forwards; the tolerance follows the ENGINE's dtype.
+
 Tolerance: fp32 engine and trainer differ by float rounding only (different matmul and
 attention kernels): measured max |diff| 1e-6 at 3.7M and 2e-6 at 92M parameters on this
 CPU, so 1e-4 leaves a 50x margin, while weights off by 0.1% (relative noise, not pushed)
 moved the probe by 3e-3 and 6e-3: caught. A drift smaller than the tolerance is not, so
 it is a bound on staleness, not a proof of equality. bf16 / fp16 rounding moves
-log-probs by ~1e-2, hence 0.1; raise it for fp32 on GPUs that use TF32 matmuls.
+log-probs by ~1e-2, hence 0.1; raise it for fp32 on GPUs that use TF32 matmuls. Measured
+on this CPU, a bf16 engine against the trainer under bf16 autocast (2-layer GPT-2 of width
+128, weights N(0, 0.1^2)-perturbed, 4 seeds): 0.027 .. 0.032 synced (a float32 trainer
+side: about the same, 0.026); un-pushed after N(0, 1e-2^2) on every weight: 0.62 .. 1.42,
+after 3e-3: 0.21 .. 0.35 (caught), after 1e-3: 0.09 (not). In bf16 the probe catches a
+push that did not take once the weights moved that much, not one small optimizer step.
 """
 
 from __future__ import annotations
@@ -47,7 +62,7 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 
@@ -58,6 +73,7 @@ from remax.models.logprobs import response_logprobs
 from remax.models.lora import merged_state_dict
 from remax.rollout.generate import Rollout, eval_mode
 from remax.rollout.types import EngineOutOfSync, Sampling
+from remax.trainer.precision import engine_dtype, probe_autocast, resolve_mode
 
 DEFAULT_TOL = {torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.1}
 PROBE_LEN = 48
@@ -154,15 +170,18 @@ class VLLMBackend:
         if r.verify_every < 0:  # before the engine's start-up, not after it
             raise InputError(f"--rollout.verify_every must be >= 0 (0 turns the probe off), got {r.verify_every}")
         param = next(policy.parameters())
+        # rollout.vllm_dtype: auto is the run's autocast dtype (bf16 / fp16 mixed precision), else the weights'
+        dtype = engine_dtype(getattr(r, "vllm_dtype", "auto"), resolve_mode(config.train.mixed_precision, param.device),
+                             param.dtype)
         # what a row can need, within the model's context (the trainer has checked that the
         # longest prompt plus max_new_tokens fits)
         limit = max_positions(policy) or 2**31
         max_len = min(max(config.data.max_prompt_tokens + r.max_new_tokens, PROBE_LEN + 1), limit)
-        llm = build_engine(policy, tokenizer, dtype=param.dtype, max_model_len=max_len, seed=config.train.seed,
+        llm = build_engine(policy, tokenizer, dtype=dtype, max_model_len=max_len, seed=config.train.seed,
                            gpu_memory_utilization=r.vllm_gpu_memory_utilization, cpu_kvcache_gb=r.vllm_cpu_kvcache_gb,
                            sleep=r.vllm_sleep)
         vocab = policy.get_output_embeddings().weight.shape[0]
-        return cls(llm, sampling, device=param.device, dtype=param.dtype, vocab_size=vocab,
+        return cls(llm, sampling, device=param.device, dtype=dtype, vocab_size=vocab,
                    verify_every=r.verify_every, verify_tol=r.verify_tol, sleep=r.vllm_sleep and param.device.type == "cuda",
                    probe_len=min(PROBE_LEN, max_len - 1))
 
@@ -182,15 +201,15 @@ class VLLMBackend:
 
     # ----------------------------------------------------------- weight sync
     def push(self, policy: Any) -> None:
-        """The policy's weights into the engine, in memory, with vLLM's in-place reload."""
+        """The policy's weights into the engine, in memory, with vLLM's in-place reload; cast
+        one tensor at a time into the engine's dtype as the reload consumes them."""
         self._wake()
-        weights = plain_weights(policy)
-        load_in_place(self.llm, weights)
+        load_in_place(self.llm, cast_weights(plain_weights(policy), self.dtype))
 
     def probe_diff(self, policy: Any) -> float:
         """max |engine - trainer| log-prob of the probe's tokens 1..L-1 (temperature 1)."""
         self._wake()
-        return probe_diff(engine_probe_logprobs(self.llm, self.probe.tolist()), policy, self.probe)
+        return probe_diff(engine_probe_logprobs(self.llm, self.probe.tolist()), policy, self.probe, self.dtype)
 
     def verify(self, policy: Any, step: int) -> float:
         """probe_diff, or EngineOutOfSync when it exceeds the tolerance."""
@@ -292,11 +311,23 @@ def to_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: list[C
                    has_greedy=greedy, engine_logprobs=logprobs.to(device))
 
 
-def load_in_place(llm: Any, weights: dict[str, torch.Tensor]) -> None:
-    """`weights` into the running engine (vLLM's layer-wise in-place reload), then its prefix
-    cache emptied: reload_weights keeps it, and a cached prompt block holds keys and values
-    the OLD weights computed, which a later request sharing that prefix would reuse."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
+def cast_weights(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs with floating tensors cast to the engine's `dtype`, lazily: a
+    float32 policy pushed into a bf16 engine never holds more than the tensors the reload
+    has not consumed yet (no second copy of the weights). vLLM's loaders `copy_` into the
+    engine's parameters, which would cast too, but not every model's loader is a plain
+    copy; cast here, the engine receives exactly its own dtype. Same dtype: no copy."""
+    for name, t in weights.items():
+        yield name, (t.to(dtype) if t.is_floating_point() else t)
+
+
+def load_in_place(llm: Any, weights: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+    """`weights` (a dict, or (name, tensor) pairs) into the running engine (vLLM's layer-wise
+    in-place reload), then its prefix cache emptied: reload_weights keeps it, and a cached
+    prompt block holds keys and values the OLD weights computed, which a later request
+    sharing that prefix would reuse."""
+    pairs = iter(weights.items()) if isinstance(weights, dict) else iter(weights)
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": pairs,
                                                  "is_checkpoint_format": True})
     llm.reset_prefix_cache()
 
@@ -317,11 +348,14 @@ def engine_probe_logprobs(llm: Any, probe: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def trainer_probe_logprobs(policy: Any, probe: torch.Tensor) -> torch.Tensor:
-    """(L-1,) the trainer's log-probs of the probe's tokens 1..L-1 (temperature 1), on CPU."""
+def trainer_probe_logprobs(policy: Any, probe: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(L-1,) the trainer's log-probs of the probe's tokens 1..L-1 (temperature 1), on CPU,
+    computed in the engine's `dtype` (`probe_autocast`: autocast to bf16 / fp16, the run's
+    own under mixed precision; float32 forwards for a float32 engine)."""
     device = next(policy.parameters()).device
     ids = probe.to(device)[None]  # (1, L)
-    with eval_mode(policy):  # every module's flags come back as found: checkpointing stays on
+    # every module's flags come back as found: checkpointing stays on
+    with eval_mode(policy), probe_autocast(dtype, device.type):
         trainer = response_logprobs(policy, ids[:, :1], torch.ones_like(ids[:, :1]), ids[:, 1:],
                                     torch.ones(1, ids.shape[1] - 1, device=device))[0]  # (L-1,)
     return trainer.double().cpu()
@@ -333,9 +367,10 @@ def logprob_diff(engine: torch.Tensor, trainer: torch.Tensor) -> float:
     return float(diff) if torch.isfinite(diff) else float("inf")
 
 
-def probe_diff(engine: torch.Tensor, policy: Any, probe: torch.Tensor) -> float:
-    """max |engine - trainer| log-prob of the probe's tokens 1..L-1; inf when not finite."""
-    return logprob_diff(engine, trainer_probe_logprobs(policy, probe))
+def probe_diff(engine: torch.Tensor, policy: Any, probe: torch.Tensor, dtype: torch.dtype = torch.float32) -> float:
+    """max |engine - trainer| log-prob of the probe's tokens 1..L-1 (the trainer's in the
+    engine's `dtype`); inf when not finite."""
+    return logprob_diff(engine, trainer_probe_logprobs(policy, probe, dtype))
 
 
 def check_probe(diff: float, tol: float, dtype: torch.dtype, step: int, engine: str = "the vLLM engine") -> float:
@@ -366,7 +401,7 @@ def build_engine(policy: Any, tokenizer: Any, *, dtype: torch.dtype, max_model_l
         check_cpu_head_size(policy)
     path = _ram_dir()
     try:
-        policy_cpu_save(policy, path)
+        policy_cpu_save(policy, path, dtype)
         tokenizer.save_pretrained(path)
         with _KeepRng():
             return vllm.LLM(
@@ -380,15 +415,17 @@ def build_engine(policy: Any, tokenizer: Any, *, dtype: torch.dtype, max_model_l
         shutil.rmtree(path, ignore_errors=True)
 
 
-def policy_cpu_save(policy: Any, path: str) -> None:
-    """config.json + safetensors of the plain (merged) weights, for the engine's first load."""
+def policy_cpu_save(policy: Any, path: str, dtype: Optional[torch.dtype] = None) -> None:
+    """config.json + safetensors of the plain (merged) weights, for the engine's first load;
+    floating tensors in the engine's `dtype` (half the RAM-directory size for a bf16 engine)."""
     from safetensors.torch import save_file
 
     model = policy.get_base_model() if hasattr(policy, "peft_config") else policy
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__.removeprefix("FSDP")]  # how vLLM picks its implementation
     config.save_pretrained(path)
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in plain_weights(policy).items()}
+    weights = {k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
+               .contiguous() for k, v in plain_weights(policy).items()}
     # tied tensors (GPT-2's lm_head = wte) share memory; safetensors refuses shared storage
     seen: dict[int, str] = {}
     for name in list(weights):

@@ -9,7 +9,8 @@ updates them in float32, and every forward of the run's models computes in the l
 dtype under `torch.autocast(device_type, dtype)`:
 - the update's log-prob / value forwards (with grad) and the preparation's (reference,
   old log-probs, critic values; without grad) -- `Dist.forward_context()`;
-- the rollout's `model.generate` (HF backend; a vLLM engine runs in its own dtype);
+- the rollout's `model.generate` (HF backend; a vLLM engine holds its own copy of the
+  weights in `rollout.vllm_dtype`: auto is this autocast dtype, see `engine_dtype`);
 - a reward model's forward (`RewardModelReward.forward_context`).
 The log-softmax of the loss stays float32 (`response_logprobs` casts the logits), and
 backward runs outside autocast, as torch recommends.
@@ -59,6 +60,43 @@ def resolve_mode(mode: str, device: torch.device) -> str:
     if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("--train.mixed_precision bf16: this GPU has no bf16; use fp16 (with a loss scaler) or no")
     return mode
+
+
+ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # rollout.vllm_dtype
+
+
+def check_engine_dtype(name: str, mode: str, flag: str = "--rollout.vllm_dtype") -> None:
+    """ConfigError for an engine dtype that contradicts the run's resolved mixed precision
+    `mode`: float16 beside bf16 (the same memory as bfloat16, and float16's range overflows
+    where the bf16-trained policy's does not), bfloat16 beside fp16 (fp16 mixed precision
+    is what a GPU without bf16 runs). float32 (the trainer's master weights exactly) and a
+    low dtype beside an fp32 trainer (vLLM in bf16, the gap corrected by TIS) are allowed."""
+    if name not in ENGINE_DTYPES:
+        raise ConfigError(f"{flag} {name!r} is not one of {', '.join(ENGINE_DTYPES)}")
+    low = {"bf16": "bfloat16", "fp16": "float16"}.get(mode)
+    if low and name in ("bfloat16", "float16") and name != low:
+        raise ConfigError(f"{flag} {name} under --train.mixed_precision {mode}: the trainer computes in {low} and "
+                          f"the engine would round differently for no memory saved; use {flag} {low} (or auto)")
+
+
+def engine_dtype(name: str, mode: str, weights: torch.dtype) -> torch.dtype:
+    """`rollout.vllm_dtype` -> the vLLM engine's dtype: auto is the run's autocast dtype
+    under mixed precision (`mode` resolved: no | bf16 | fp16), else the policy weights'
+    dtype; an explicit name is checked against `mode` (`check_engine_dtype`)."""
+    check_engine_dtype(name, mode)
+    if name == "auto":
+        return DTYPES.get(mode, weights)
+    return getattr(torch, name)
+
+
+def probe_autocast(dtype: torch.dtype, device_type: str) -> contextlib.AbstractContextManager:
+    """The trainer's side of the engine probe in the ENGINE's precision: a float32 engine
+    against float32 forwards (weights compared to ~1e-6), a bf16 / fp16 engine against
+    forwards under autocast to its dtype, which is the run's own autocast when the engine's
+    dtype is auto under mixed precision (the update's log-probs are computed the same way)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device_type, dtype=dtype)
+    return contextlib.nullcontext()
 
 
 class Precision:
@@ -144,4 +182,5 @@ class Precision:
                 fn.forward_context = self.autocast
 
 
-__all__ = ["DTYPES", "MIN_SCALE", "MODES", "Precision", "SCALER_KWARGS", "resolve_mode"]
+__all__ = ["DTYPES", "ENGINE_DTYPES", "MIN_SCALE", "MODES", "Precision", "SCALER_KWARGS", "check_engine_dtype",
+           "engine_dtype", "probe_autocast", "resolve_mode"]

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from remax.config import Config, ConfigError, all_keys, check_types, closest
 from remax.rollout import kernels as rollout_kernels
+from remax.trainer.precision import check_engine_dtype
 
 
 def resolve_kl(config: Config, spec: Any) -> tuple[str, str]:
@@ -113,6 +114,11 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
         (r.hf_kernels == "torch" or rollout_kernels.available(),
          f"--rollout.hf_kernels {r.hf_kernels}: this torch build has no oneDNN linear operators "
          "(torch.backends.mkldnn); use --rollout.hf_kernels torch"),
+        (r.vllm_dtype == "auto" or r.backend == "vllm" or have_backend,
+         f"--rollout.vllm_dtype {r.vllm_dtype} sets the colocated vllm engine's dtype; "
+         + ("a vllm_server runs the dtype `remax serve-rollout --dtype` gave it" if r.backend == "vllm_server"
+            else "the hf backend samples with the policy itself, under --train.mixed_precision's autocast")
+         + ": remove --rollout.vllm_dtype"),
         (r.server_timeout_s > 0, f"--rollout.server_timeout_s must be > 0 seconds, got {r.server_timeout_s}"),
         (L.value_clip_eps > 0, f"--loss.value_clip_eps must be > 0, got {L.value_clip_eps}"),
         (L.vf_coef >= 0, f"--loss.vf_coef must be >= 0, got {L.vf_coef}"),
@@ -130,6 +136,8 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
             raise ConfigError(message)
     check_output_dir(c.output_dir)
     check_dtype(c)
+    if r.backend == "vllm":  # auto mixed precision depends on the device: checked again when the engine is built
+        check_engine_dtype(r.vllm_dtype, t.mixed_precision)
     _check_combinations(c, spec)
 
 
