@@ -16,16 +16,17 @@ The floor is `remax bench speed`'s: 2 x matmul params x (generated tokens of eve
 prompt tokens of every row) at the fp32 matmul rate measured in this process just before
 each repetition. Every (regime, rollout, decoder) runs once per repetition, in rotating
 order; figures are medians over `--reps` repetitions; ratios are of medians. Also printed:
-the rate of the model's own matmuls at a decode step's row count (the bound a decode step
-meets with these BLAS kernels), and with `--candidates` the candidates measured and not
-adopted (transformers' continuous batching `generate_batch`; oneDNN-packed weights).
+the rate of the model's own matmuls at a decode step's row count with torch's and with
+oneDNN's packed kernels (the bound a decode step meets with them), and with `--candidates`
+a candidate measured and not adopted (transformers' continuous batching `generate_batch`).
+Decoders: `generate`, `fast`, and `fast+onednn` (fast with --rollout.hf_kernels onednn,
+each rollout's packing included).
 Prints tables; writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import time
@@ -36,6 +37,7 @@ from remax.bench.common import (SIZES, bench_prompts, default_work_dir, matmul_g
                                 set_threads)
 from remax.data import encode_prompts
 from remax.rollout import generate_rollout
+from remax.rollout.kernels import rollout_kernels
 
 
 def eos_varied(model, eos_id: int, bias: float):
@@ -50,59 +52,25 @@ def eos_varied(model, eos_id: int, bias: float):
     return model
 
 
-def gemm_rate(model, rows: int, reps: int = 3) -> float:
+def gemm_rate(model, rows: int, kernels: str = "torch", reps: int = 3) -> float:
     """GFLOP/s of the model's own matmuls (every Linear / GPT-2 Conv1D, the LM head too) at
-    `rows` rows, the shape of one decode step: the best a decode step could do with this
-    BLAS, against the square-matmul rate the floor assumes. Median of `reps` passes."""
+    `rows` rows, the shape of one decode step, each module's forward as the rollout runs it
+    (`kernels`: --rollout.hf_kernels; onednn's packing excluded): the best a decode step
+    could do with these kernels, against the square-matmul rate the floor assumes. Median
+    of `reps` passes."""
     from transformers.pytorch_utils import Conv1D
 
-    calls = []
-    for mod in model.modules():
-        if isinstance(mod, Conv1D):  # weight (in, out): addmm as Conv1D.forward runs it
-            x = torch.randn(rows, mod.weight.shape[0])
-            calls.append((lambda m=mod, x=x: torch.addmm(m.bias, x, m.weight), mod.weight.numel()))
-        elif isinstance(mod, torch.nn.Linear):  # weight (out, in)
-            x = torch.randn(rows, mod.in_features)
-            calls.append((lambda m=mod, x=x: torch.nn.functional.linear(x, m.weight, m.bias), mod.weight.numel()))
-    flops = sum(2 * rows * numel for _, numel in calls)
+    mods = [m for m in model.modules() if isinstance(m, (Conv1D, torch.nn.Linear))]
+    inputs = [torch.randn(rows, m.weight.shape[0] if isinstance(m, Conv1D) else m.in_features) for m in mods]
+    flops = sum(2 * rows * m.weight.numel() for m in mods)
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), rollout_kernels(kernels, model, rows):
         for _ in range(reps + 1):  # the first pass warms up
             start = time.perf_counter()
-            for call, _ in calls:
-                call()
+            for mod, x in zip(mods, inputs):
+                mod(x)
             times.append(time.perf_counter() - start)
     return flops / statistics.median(times[1:]) / 1e9
-
-
-@contextlib.contextmanager
-def packed_weights(model, rows: int):
-    """Candidate, not adopted: every GPT-2 Conv1D / Linear runs oneDNN's matmul on weights
-    packed for `rows` rows (torch.ops.mkldnn, the kernels torch.compile's CPU freezing
-    uses). Packed once per rollout, since training changes the weights every step."""
-    from transformers.pytorch_utils import Conv1D
-
-    patched = []
-    for mod in model.modules():
-        if type(mod) is Conv1D:
-            weight, out_features = mod.weight.detach().t().contiguous(), mod.nf  # Conv1D keeps (in, out)
-        elif type(mod) is torch.nn.Linear:
-            weight, out_features = mod.weight.detach(), mod.out_features
-        else:
-            continue
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-
-        def forward(x, packed=packed, bias=mod.bias, out_features=out_features):
-            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
-            return y.view(*x.shape[:-1], out_features)
-
-        mod.forward = forward
-        patched.append(mod)
-    try:
-        yield
-    finally:
-        for mod in patched:
-            del mod.forward
 
 
 def candidates(model, tok, ids, mask, args) -> None:
@@ -117,15 +85,10 @@ def candidates(model, tok, ids, mask, args) -> None:
         return generate_rollout(model, ids, mask, n=args.n, greedy=greedy, max_new_tokens=args.max_new, top_p=0.9,
                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
-    def packed(greedy):
-        with torch.no_grad(), packed_weights(model, args.prompts * (args.n + int(greedy))):
-            return fast(greedy)
-
     runs = {
         "reinforce fast": lambda: fast(False),
         "reinforce generate_batch (continuous batching)": lambda: model.generate_batch(prompts, generation_config=config),
         "remax fast": lambda: fast(True),
-        "remax fast + packed oneDNN weights (packing included)": lambda: packed(True),
     }
     times = {k: [] for k in runs}
     for rep in range(args.reps + 1):  # the first round warms up
@@ -151,7 +114,7 @@ def main() -> None:
     ap.add_argument("--eos-bias", type=float, default=6.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--candidates", action="store_true",
-                    help="also time transformers' generate_batch and oneDNN-packed weights (not adopted)")
+                    help="also time transformers' generate_batch (not adopted)")
     args = ap.parse_args()
     set_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,15 +126,20 @@ def main() -> None:
     models["varied"] = eos_varied(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
                                   tok.eos_token_id, args.eos_bias)
     params = matmul_params(models["never"])
-    jobs = [(eos, algo, dec) for eos in models for algo in ("remax", "reinforce") for dec in ("generate", "fast")]
+    decoders = ("generate", "fast", "fast+onednn")  # +onednn: --rollout.hf_kernels onednn (packing included)
+    jobs = [(eos, algo, dec) for eos in models for algo in ("remax", "reinforce") for dec in decoders]
     times = {j: [] for j in jobs}
     floors = {j: [] for j in jobs}
     tokens = {j: [] for j in jobs}
 
     def run(job):
         eos, algo, dec = job
-        return generate_rollout(models[eos], ids, mask, n=args.n, greedy=algo == "remax", max_new_tokens=args.max_new,
-                                top_p=0.9, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, decoder=dec)
+        decoder, _, kernels = dec.partition("+")
+        rows = args.prompts * (args.n + int(algo == "remax"))
+        with rollout_kernels(kernels or "torch", models[eos], rows):
+            return generate_rollout(models[eos], ids, mask, n=args.n, greedy=algo == "remax",
+                                    max_new_tokens=args.max_new, top_p=0.9, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id, decoder=decoder)
 
     for job in jobs:  # warm-up
         run(job)
@@ -189,12 +157,12 @@ def main() -> None:
 
     square = statistics.median(matmul_gflops("cpu") for _ in range(3))
     rows = {"reinforce": args.prompts * args.n, "remax": args.prompts * (args.n + 1)}
-    gemm = {algo: gemm_rate(models["never"], r) for algo, r in rows.items()}
+    gemm = {(algo, k): gemm_rate(models["never"], r, k) for algo, r in rows.items() for k in ("torch", "onednn")}
     med = {j: statistics.median(times[j]) for j in jobs}
     print(f"{args.size} ({params / 1e6:.1f}M matmul params), {args.prompts} prompts x n={args.n}, {args.max_new} new "
           f"tokens, fp32, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs; medians of {args.reps} repetitions\n")
-    print("| EOS | rollout | decoder | s | x floor | generated tokens | fast / generate | remax / reinforce |")
+    print("| EOS | rollout | decoder | s | x floor | generated tokens | / generate | remax / reinforce |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for eos, algo, dec in jobs:
         j = (eos, algo, dec)
@@ -205,9 +173,9 @@ def main() -> None:
               f"{vs_gen:.2f} | {vs_rf:.2f} |")
     print(f"\nThe model's own matmuls at a decode step's shape (after the runs; square 1024^3 rate {square:.1f} "
           f"GFLOP/s):")
-    for algo, r in rows.items():
-        print(f"- {algo}: {r} rows, {gemm[algo]:.1f} GFLOP/s = {gemm[algo] / square:.2f} of the square rate: a decode "
-              f"step cannot run below {square / gemm[algo]:.2f}x its floor with these kernels")
+    for (algo, k), rate in gemm.items():
+        print(f"- {algo}, {k} kernels: {rows[algo]} rows, {rate:.1f} GFLOP/s = {rate / square:.2f} of the square rate: "
+              f"a decode step cannot run below {square / rate:.2f}x its floor with these kernels")
     if args.candidates:
         candidates(models["never"], tok, ids, mask, args)
 
