@@ -43,6 +43,7 @@ from remax.trainer.metrics import MetricsWriter, peak_mem_mb
 from remax.trainer.optim import build_optimizer, build_scheduler
 from remax.trainer.phases import persist
 from remax.trainer.precision import Precision, resolve_mode
+from remax.teardown import running
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Run:
     def run(self) -> list[dict[str, float]]:
         """Run, or continue, to the last step; write metrics, checkpoints and final/."""
         parts = persist.Parts(self.model, self.tokenizer, None, self.optimizers, self.schedulers, self.dist.precision)
-        with run_lock(self.out, self.dist):
+        with running(), run_lock(self.out, self.dist):  # running(): a failed run skips the exit barrier
             probe = resumable_view(self.config)  # the trainer's same-run check, with this command's free fields
             resumed = persist.start(probe, self.out, parts, self.sampler, dist=self.dist, metrics=self.metrics)
             if probe is not self.config:

@@ -59,6 +59,7 @@ from remax.trainer.checkpoint import RunState, seed_everything
 from remax.trainer.distributed import make_dist
 from remax.trainer.guards import RewardFailure, SignalGuard, nonfinite_guard, prepare_reward
 from remax.trainer.lock import run_lock
+from remax.teardown import running
 from remax.models.checks import check_vocab
 from remax.trainer.loggers import LoggerGroup, open_loggers, parse_report_to, rollout_samples, samples_due
 from remax.trainer.memory import checkpoint_layers, prepare_reference
@@ -202,7 +203,8 @@ class Trainer:
     def train(self) -> list[dict[str, float]]:
         """Run, or continue, to config.train.steps steps; write metrics, checkpoints, final/
         and the plot. A first SIGINT / SIGTERM stops after the current step with a checkpoint."""
-        with run_lock(self.out, self.dist):  # one run per output_dir at a time (remax/trainer/lock.py)
+        # running(): a run that raises skips the exit barrier (remax/teardown.py)
+        with running(), run_lock(self.out, self.dist):  # one run per output_dir at a time (remax/trainer/lock.py)
             self._start()
             try:
                 return self._train_loop()
