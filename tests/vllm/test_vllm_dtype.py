@@ -100,4 +100,58 @@ def test_two_bf16_steps_end_to_end(bf16_engine, toy_tokenizer, tmp_path):
         assert 0 <= m["rollout/engine_probe_diff"] <= 0.1  # pushed and checked every step
         # the bf16 engine's sampler log-probs against the update's (bf16 autocast): a real, small, logged gap
         assert 0 < m["rollout/logprob_mismatch_mean"] <= m["rollout/logprob_mismatch_max"] < 1.0, m
+        assert abs(m["rollout/is_weight_mean"] - 1) < 0.2, m  # --loss.tis auto: token-level TIS corrects it
     assert (tmp_path / "run" / "final").is_dir()
+
+
+@pytest.fixture(scope="module")
+def bf16_server(tmp_path_factory, toy_tokenizer):
+    """`remax serve-rollout --dtype bfloat16` holding toy_model's architecture (as the
+    session's float32 `rollout_server`, on the last core where there are two or more)."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path_factory.mktemp("bf16-server")
+    toy_model(toy_tokenizer, seed=0).save_pretrained(path)
+    toy_tokenizer.save_pretrained(path)
+    cores = sorted(os.sched_getaffinity(0))
+    pin = ["--cpus", str(cores[-1])] if len(cores) >= 2 else []
+    with open(path / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "remax.cli", "serve-rollout", "--model", str(path), "--port", "0",
+                                 "--dtype", "bfloat16", "--cpu_kvcache_gb", "0.25", "--max_model_len", "64", *pin],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+        line = proc.stdout.readline()
+        try:
+            assert " on http://" in line, f"remax serve-rollout did not start: {line!r}; see {path / 'server.log'}"
+            yield line.split(" on ")[1].split(";")[0]
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def test_a_bf16_server_gets_cast_pushes_and_the_bf16_probe(bf16_server, toy_tokenizer, monkeypatch):
+    from remax.errors import InputError
+    from remax.rollout.backend import build_backend
+
+    policy = varied_model(toy_tokenizer, seed=4)  # float32, and no mixed precision on this CPU (auto)
+    cfg = bf16_config()
+    cfg.rollout.backend, cfg.rollout.server_url, cfg.train.mixed_precision = "vllm_server", bf16_server, "auto"
+    remote = build_backend(cfg, policy, toy_tokenizer)
+    try:
+        assert remote.dtype == torch.bfloat16 and remote.tol == 0.1  # the server's --dtype, not the policy's
+        assert remote.sync(policy, 1)["rollout/engine_probe_diff"] <= 0.1  # fp32 weights cast, sent, loaded
+        with torch.no_grad():  # an update the server never receives
+            gen = torch.Generator().manual_seed(1)
+            for p in policy.parameters():
+                p.add_(1e-2 * torch.randn(p.shape, generator=gen))
+        with monkeypatch.context() as m:
+            m.setattr(remote, "push", lambda policy, version=-1: None)
+            with pytest.raises(EngineOutOfSync, match=r"at step 2: .* > rollout.verify_tol 0.1 \(bfloat16\)"):
+                remote.sync(policy, 2)
+        assert remote.sync(policy, 3)["rollout/engine_probe_diff"] <= 0.1  # pushed: in sync again
+        # a trainer whose mixed precision computes in float16 is refused this server, with the fix
+        with pytest.raises(InputError, match=r"runs bfloat16, and --train.mixed_precision fp16 .* --dtype float16$"):
+            remote.check_server(policy.get_output_embeddings().weight.shape[0], max_len=24, mode="fp16")
+    finally:
+        remote.close()
