@@ -22,10 +22,12 @@ from vllm_toy import toy_tokenizer, varied_model  # noqa: E402
 
 def main(seed: int, out: str) -> None:
     from remax.rollout.vllm import plain_weights
+    from remax.teardown import register_teardown
     from remax.trainer.distributed import shard_model
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    register_teardown()  # remax's exit hook: a bounded barrier, then the group destroyed (remax/teardown.py)
     model = varied_model(toy_tokenizer(), seed=seed)
     shard_model(model)
     pushed = plain_weights(model)
@@ -36,8 +38,6 @@ def main(seed: int, out: str) -> None:
         own[name][: local.shape[0]] = local  # rank 0's rows are the first ones
     if dist.get_rank() == 0:
         torch.save({"pushed": pushed, "own_shard": own}, out)
-    dist.barrier()  # no rank tears gloo down while the other still uses it (a rank aborted at exit once in CI)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
