@@ -276,8 +276,8 @@ class VLLMServerBackend:
         future's result is sync's metrics, or EngineOutOfSync / RolloutServerError: the
         prefetching source waits for it before it trains on a batch from these weights."""
         packed = self._pack(policy, step)
-        trainer = trainer_probe_logprobs(policy, self.probe, self.dtype) if self.verify_every and step % self.verify_every == 0 \
-            else None
+        due = self.verify_every and step % self.verify_every == 0
+        trainer = trainer_probe_logprobs(policy, self.probe, self.dtype) if due else None
 
         def run() -> dict[str, float]:
             self._send(*packed)

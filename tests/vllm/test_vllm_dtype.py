@@ -31,13 +31,15 @@ def bf16_config(out=None, steps: int = 2) -> Config:
     return cfg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bf16_engine(toy_tokenizer):
+    """Built once, and NOT closed by this module: vLLM keeps its parallel state per process,
+    and closing a second in-process engine tears down the state the session's float32
+    `engine` (built earlier, used by later modules) still needs ("pipeline model parallel
+    group is not initialized"). It goes with the process."""
     from remax.rollout.backend import build_backend
 
-    backend = build_backend(bf16_config(), toy_model(toy_tokenizer, seed=0), toy_tokenizer)
-    yield backend
-    backend.close()
+    return build_backend(bf16_config(), toy_model(toy_tokenizer, seed=0), toy_tokenizer)
 
 
 def o_share(prompts, responses):
