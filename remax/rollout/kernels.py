@@ -11,8 +11,11 @@ vLLM's CPU backend do; here it is done per rollout, since the optimizer changes 
 weights every step (packing every matrix costs about as much as 2-5 decode steps).
 
 `hf_kernels onednn` packs every plain `nn.Linear` and GPT-2 `Conv1D` of the policy when a
-rollout starts and runs their forward on the packed copy until it ends; `torch` (the
-default) leaves the model alone. The products are the same up to rounding (|difference|
+rollout starts and runs their forward on the packed copy until it ends, for calls of 3 to
+32 rows (`ROWS`: at one or two rows and at a prefill's many, torch's kernel is as fast or
+faster); `torch` (the default) leaves the model alone. The packing is a fixed cost per
+rollout: it pays on rollouts of more than a few decode steps (32 tokens: yes; rows that all
+end after a handful of tokens: no, measured in benchmarks/README.md). The products are the same up to rounding (|difference|
 ~1e-6 on logits), so greedy rows equal `generate`'s except at a near-tie of the top two
 logits, and the sampled rows come from the same distribution to that precision; the
 trainer's log-probs are computed with its own kernels, as with a vLLM engine.
@@ -34,6 +37,11 @@ import torch
 from torch import nn
 
 KERNELS = ("torch", "onednn")  # rollout.hf_kernels
+# Row counts that run packed; others keep the module's own forward. Measured on this
+# project's AMD EPYC (all of gpt2-small's matmuls, oneDNN / MKL time, 7 interleaved
+# repetitions): 1 row 1.28, 2 rows 1.01, 4-16 rows 0.72-0.76 (dense) and 0.47-0.53 (packed),
+# 48 rows 0.97; a prefill's hundreds of rows run at MKL's square-matmul rate.
+ROWS = (3, 32)
 
 
 def available() -> bool:
@@ -65,15 +73,20 @@ def _weight_out_in(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(rows, in) @ packed (out, in)^T + bias -> (rows, out), oneDNN's kernel."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 def _packed_forward(module: nn.Module, packed: torch.Tensor, out_features: int):
     original = type(module).forward
     bias = None if module.bias is None else module.bias.detach()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            return original(module, x)
+        if x.dtype != torch.float32 or x.device.type != "cpu" or not ROWS[0] <= x.numel() // x.shape[-1] <= ROWS[1]:
+            return original(module, x)  # a prefill's many rows, a last row or two: torch's kernel is as fast
         rows = x.reshape(-1, x.shape[-1])  # (rows, in)
-        y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")  # (rows, out)
+        y = onednn_linear(rows, packed, bias)  # (rows, out)
         return y.view(*x.shape[:-1], out_features)
 
     return forward

@@ -30,15 +30,26 @@ def hand_modules():
     return linear, conv
 
 
-def test_packed_forward_by_hand_and_restored():
+def test_packed_forward_by_hand_and_restored(monkeypatch):
+    import remax.rollout.kernels as kernels
+
+    calls = []
+    real = kernels.onednn_linear
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
     linear, conv = hand_modules()
     model = nn.ModuleList([linear, conv])
-    x = torch.tensor([[1.0, 1.0], [2.0, 0.0]])  # (2, 2); a third axis too: (1, 2, 2)
-    want = torch.tensor([[4.0, 7.0, 10.0], [3.0, 6.0, 9.0]])  # [1+2+1, 3+4+0, 5+6-1], [2+1, 6, 10-1]
-    with torch.no_grad(), packed_linears(model, rows=2) as count:
+    x = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])  # (4, 2); a third axis too: (1, 4, 2)
+    # [1+2+1, 3+4+0, 5+6-1], [2+1, 6, 10-1], [2+1, 4, 6-1], [-1+2+1, -3+4, -5+6-1]
+    want = torch.tensor([[4.0, 7.0, 10.0], [3.0, 6.0, 9.0], [3.0, 4.0, 5.0], [2.0, 1.0, 0.0]])
+    with torch.no_grad(), packed_linears(model, rows=4) as count:
         assert count == 2 and "forward" in vars(linear) and "forward" in vars(conv)
         assert torch.equal(linear(x), want) and torch.equal(conv(x), want)
         assert torch.equal(conv(x[None]), want[None])
+        assert calls == [4, 4, 4]  # oneDNN ran all three
+        assert torch.equal(linear(x[:1]), want[:1]) and calls == [4, 4, 4]  # one row: torch's kernel
+        wide = torch.ones(kernels.ROWS[1] + 1, 2)  # more rows than the window: torch's kernel
+        assert torch.equal(conv(wide), want[:1].expand(len(wide), 3))  # every row is x's first
+        assert calls == [4, 4, 4]
         with pytest.raises(RuntimeError, match="same dtype"):  # a non-fp32 input: the module's own forward and error
             linear(x.double())
     assert "forward" not in vars(linear) and "forward" not in vars(conv)  # restored
