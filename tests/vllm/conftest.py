@@ -19,7 +19,7 @@ import torch
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-from vllm_toy import MAX_NEW, toy_model, toy_tokenizer as _toy_tokenizer, unavailable  # noqa: E402
+from vllm_toy import MAX_NEW, serve_rollout, toy_model, toy_tokenizer as _toy_tokenizer, unavailable  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # One intra-op thread (or OMP_NUM_THREADS), as the main suite's fixture sets per test, but here
@@ -68,25 +68,11 @@ def rollout_server(tmp_path_factory, toy_tokenizer):
     """One `remax serve-rollout` process for the server and async tests (its start costs
     about as much as an engine's), holding toy_model's architecture; on its own core where
     there are two or more (the trainer's tests take another)."""
-    import subprocess
-    import sys
     from types import SimpleNamespace
 
     path = tmp_path_factory.mktemp("server-policy")
     toy_model(toy_tokenizer, seed=0).save_pretrained(path)
     toy_tokenizer.save_pretrained(path)
     cores = sorted(os.sched_getaffinity(0))
-    pin = ["--cpus", str(cores[0])] if len(cores) >= 2 else []
-    log = open(path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "remax.cli", "serve-rollout", "--model", str(path), "--port", "0",
-                             "--cpu_kvcache_gb", "0.25", "--max_model_len", "64", *pin],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    line = proc.stdout.readline()
-    if " on http://" not in line:
-        proc.kill()
-        raise RuntimeError(f"remax serve-rollout did not start: {line!r}; see {path / 'server.log'}")
-    url = line.split(" on ")[1].split(";")[0]
-    yield SimpleNamespace(url=url, proc=proc, path=path, cores=cores)
-    proc.terminate()
-    proc.wait(60)
-    log.close()
+    with serve_rollout(path, core=cores[0] if len(cores) >= 2 else None) as (url, proc):
+        yield SimpleNamespace(url=url, proc=proc, path=path, cores=cores)

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from vllm_toy import MAX_NEW, PROMPTS, toy_model, varied_model
+from vllm_toy import MAX_NEW, PROMPTS, serve_rollout, toy_model, varied_model
 
 from remax.config import Config
 from remax.rollout.types import EngineOutOfSync
@@ -111,25 +111,13 @@ def bf16_server(tmp_path_factory, toy_tokenizer):
     """`remax serve-rollout --dtype bfloat16` holding toy_model's architecture (as the
     session's float32 `rollout_server`, on the last core where there are two or more)."""
     import os
-    import subprocess
-    import sys
 
     path = tmp_path_factory.mktemp("bf16-server")
     toy_model(toy_tokenizer, seed=0).save_pretrained(path)
     toy_tokenizer.save_pretrained(path)
     cores = sorted(os.sched_getaffinity(0))
-    pin = ["--cpus", str(cores[-1])] if len(cores) >= 2 else []
-    with open(path / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "remax.cli", "serve-rollout", "--model", str(path), "--port", "0",
-                                 "--dtype", "bfloat16", "--cpu_kvcache_gb", "0.25", "--max_model_len", "64", *pin],
-                                stdout=subprocess.PIPE, stderr=log, text=True)
-        line = proc.stdout.readline()
-        try:
-            assert " on http://" in line, f"remax serve-rollout did not start: {line!r}; see {path / 'server.log'}"
-            yield line.split(" on ")[1].split(";")[0]
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    with serve_rollout(path, "--dtype", "bfloat16", core=cores[-1] if len(cores) >= 2 else None) as (url, _):
+        yield url
 
 
 def test_a_bf16_server_gets_cast_pushes_and_the_bf16_probe(bf16_server, toy_tokenizer, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 
@@ -64,3 +65,25 @@ def varied_model(tokenizer, seed: int = 0, scale: float = 0.1):
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
     return model
+
+
+@contextlib.contextmanager
+def serve_rollout(path, *extra: str, core=None):
+    """`remax serve-rollout --model PATH *extra` in a process of its own (pinned to `core`
+    when given); yields (url, process); terminated on exit."""
+    import subprocess
+    import sys
+
+    pin = ["--cpus", str(core)] if core is not None else []
+    with open(path / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "remax.cli", "serve-rollout", "--model", str(path), "--port",
+                                 "0", "--cpu_kvcache_gb", "0.25", "--max_model_len", "64", *pin, *extra],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            line = proc.stdout.readline()
+            if " on http://" not in line:
+                raise RuntimeError(f"remax serve-rollout did not start: {line!r}; see {path / 'server.log'}")
+            yield line.split(" on ")[1].split(";")[0], proc
+        finally:
+            proc.terminate()
+            proc.wait(60)
