@@ -42,7 +42,7 @@ def test_trainer_run_exits_0_with_the_group_destroyed(tmp_path, tokenizer):
 
 
 def test_bare_group_exits_0_every_time(tmp_path):
-    # without the hook: 28 aborts (-6) in 100 such runs on this machine; the group left initialised every time
+    # without the hook a script like it aborted (-6) in 28 of 100 runs here, and the group is left initialised
     for i in range(2):
         done, _ = launch("gloo", tmp_path / str(i))
         assert done.returncode == 0, (i, (done.stdout + done.stderr)[-3000:])
