@@ -56,7 +56,7 @@ def test_a_late_rank_bounds_the_exit_barrier(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     ends = exits(tmp_path)
     assert [ends[r]["initialized"] for r in (0, 1)] == [False, False]
-    assert ends[1]["t"] - ends[0]["t"] > 1.0  # rank 0 did not wait for rank 1 to finish
+    assert ends[1]["t"] - ends[0]["t"] > 0.5  # rank 0 did not wait for rank 1 (about 1.6 s apart when it does not)
     assert "exit barrier failed" in done.stderr
 
 
