@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from remax.bench import main as bench_main
 from remax.bench import quality
