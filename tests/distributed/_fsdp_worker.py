@@ -61,7 +61,17 @@ def check_generation(trainer, tokenizer) -> dict[str, torch.Tensor]:
         with dist.generation("policy"):
             sharded = policy.generate(**ids, **kwargs)
         full = copy.eval().generate(**ids, **kwargs)
-    return {"sharded": sharded, "full": full}
+    out = {"sharded": sharded, "full": full}
+    from remax.rollout.kernels import available, rollout_kernels
+
+    if available():  # --rollout.hf_kernels onednn under FSDP: packed from the gathered weights, 4 rows
+        rows = {k: v.repeat(4, 1) for k, v in ids.items()}
+        with torch.no_grad():
+            with dist.generation("policy"), rollout_kernels("onednn", policy, 4) as count:
+                out["onednn"] = policy.generate(**rows, **kwargs)
+            out["onednn_count"] = torch.tensor(count)
+            out["onednn_full"] = copy.generate(**rows, **kwargs)
+    return out
 
 
 def main(mode: str, tok_dir: str, out: Path) -> None:

@@ -103,11 +103,15 @@ def test_fsdp_final_is_one_hugging_face_directory(runs, saved):
 def test_fsdp_rollout_generates_from_the_full_weights(saved):
     """Each rank decoded a different number of tokens from the sharded policy under
     Dist.generation (no collective between forwards, else the shorter rank would leave the
-    longer one waiting), and got the tokens an unsharded copy of the weights gives."""
+    longer one waiting), and got the tokens an unsharded copy of the weights gives; with
+    --rollout.hf_kernels onednn too (packed from the gathered weights, 4 rows)."""
     rank0, rank1 = saved["ranks"]["generation"], saved["ranks-1"]["generation"]
     assert rank1["sharded"].shape[1] - rank0["sharded"].shape[1] == 4  # 2 and 6 new tokens
     for got in (rank0, rank1):
         assert torch.equal(got["sharded"], got["full"])
+        if "onednn" in got:  # --rollout.hf_kernels onednn: every Linear / Conv1D packed from the gathered weights
+            assert got["onednn_count"].item() == 4 * 2 + 1  # 2 GPT-2 blocks x 4 Conv1D + the LM head
+            assert torch.equal(got["onednn"], got["onednn_full"])
 
 
 def test_fsdp_vllm_push_sends_whole_tensors(saved):
