@@ -9,16 +9,21 @@ the blocked layout its kernel streams: 0.47-0.53 of MKL's time for all of a deco
 matmuls there, packing excluded. That packing is what torch.compile's CPU freezing and
 vLLM's CPU backend do; here it is done per rollout, since the optimizer changes the
 weights every step (packing every matrix costs about as much as 2-5 decode steps).
+Measured end to end (gpt2-small, 8 prompts, 32 tokens, idle machine): ReMax's rollout
+2.67x -> 2.08x its FLOP floor, REINFORCE's 4.35x -> 3.41x (benchmarks/README.md, "Issue
+19: rollout kernels").
 
 `hf_kernels onednn` packs every plain `nn.Linear` and GPT-2 `Conv1D` of the policy when a
 rollout starts and runs their forward on the packed copy until it ends, for calls of 3 to
 32 rows (`ROWS`: at one or two rows and at a prefill's many, torch's kernel is as fast or
 faster); `torch` (the default) leaves the model alone. The packing is a fixed cost per
 rollout: it pays on rollouts of more than a few decode steps (32 tokens: yes; rows that all
-end after a handful of tokens: no, measured in benchmarks/README.md). The products are the same up to rounding (|difference|
-~1e-6 on logits), so greedy rows equal `generate`'s except at a near-tie of the top two
-logits, and the sampled rows come from the same distribution to that precision; the
-trainer's log-probs are computed with its own kernels, as with a vLLM engine.
+end after a handful of tokens: no, measured in benchmarks/README.md). The products are the
+same up to rounding (|difference| ~1e-6 on logits), so greedy rows equal `generate`'s
+except at a near-tie of the top two logits, and the sampled rows come from the same
+distribution to that precision; the trainer's log-probs are computed with its own kernels,
+as with a vLLM engine. Under FSDP the rollout runs inside `Dist.generation`, so the packed
+copies are taken from the gathered weights (tests/distributed/test_fsdp.py).
 
 What is not packed (its own forward runs): a module whose weight is not a plain fp32 CPU
 tensor (bf16 / fp16 weights, FSDP's DTensor shards, quantized layers), any module when the
