@@ -104,6 +104,26 @@ def candidates(model, tok, ids, mask, args) -> None:
         print(f"- {name}: {t:.3f} s = {t / base:.2f}x the fast decoder")
 
 
+def time_jobs(run, jobs: list, reps: int, params: int) -> tuple[dict, dict, dict]:
+    """Every job once to warm up, then once per repetition in rotating order: job -> seconds,
+    FLOP-floor seconds (2 x params x tokens at the matmul rate measured before the
+    repetition) and generated tokens, one entry per repetition."""
+    times, floors, tokens = ({j: [] for j in jobs} for _ in range(3))
+    for job in jobs:  # warm-up
+        run(job)
+    for rep in range(reps):
+        gflops = matmul_gflops("cpu")
+        for job in jobs[rep % len(jobs):] + jobs[: rep % len(jobs)]:
+            torch.manual_seed(rep)
+            start = time.perf_counter()
+            ro = run(job)
+            times[job].append(time.perf_counter() - start)
+            work = float(ro.response_mask.sum()) + float(ro.prompt_mask.sum())
+            floors[job].append(2 * params * work / (gflops * 1e9))
+            tokens[job].append(float(ro.response_mask.sum()))
+    return times, floors, tokens
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="gpt2-small", choices=list(SIZES))
@@ -128,9 +148,6 @@ def main() -> None:
     params = matmul_params(models["never"])
     decoders = ("generate", "fast", "fast+onednn")  # +onednn: --rollout.hf_kernels onednn (packing included)
     jobs = [(eos, algo, dec) for eos in models for algo in ("remax", "reinforce") for dec in decoders]
-    times = {j: [] for j in jobs}
-    floors = {j: [] for j in jobs}
-    tokens = {j: [] for j in jobs}
 
     def run(job):
         eos, algo, dec = job
@@ -141,20 +158,7 @@ def main() -> None:
                                     max_new_tokens=args.max_new, top_p=0.9, eos_token_id=tok.eos_token_id,
                                     pad_token_id=tok.pad_token_id, decoder=decoder)
 
-    for job in jobs:  # warm-up
-        run(job)
-    for rep in range(args.reps):
-        gflops = matmul_gflops("cpu")
-        order = jobs[rep % len(jobs):] + jobs[: rep % len(jobs)]
-        for job in order:
-            torch.manual_seed(rep)
-            start = time.perf_counter()
-            ro = run(job)
-            times[job].append(time.perf_counter() - start)
-            work = float(ro.response_mask.sum()) + float(ro.prompt_mask.sum())
-            floors[job].append(2 * params * work / (gflops * 1e9))
-            tokens[job].append(float(ro.response_mask.sum()))
-
+    times, floors, tokens = time_jobs(run, jobs, args.reps, params)
     square = statistics.median(matmul_gflops("cpu") for _ in range(3))
     rows = {"reinforce": args.prompts * args.n, "remax": args.prompts * (args.n + 1)}
     gemm = {(algo, k): gemm_rate(models["never"], r, k) for algo, r in rows.items() for k in ("torch", "onednn")}

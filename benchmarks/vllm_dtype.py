@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from remax.trainer.metrics import peak_rss_mb  # VmHWM, MiB: the trainer's float32 policy, the engine's weights and KV cache
+
 
 def child(args) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -65,13 +67,6 @@ def child(args) -> None:
     rollout = median_s(lambda: backend.generate(ids, mask, n=1, greedy=True))
     print(json.dumps({"dtype": str(backend.dtype).removeprefix("torch."), "start_s": built, "peak_rss_mb": peak_rss_mb(),
                       "rollout_s": rollout, "push_s": push, "probe_s": check, "probe_diff": probe}))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM): the trainer's float32 policy (the same in
-    both runs), the engine's weights and its KV cache (the same GiB in both)."""
-    with open("/proc/self/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
 
 
 def main() -> None:

@@ -194,10 +194,8 @@ def merged_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
         if ".lora_" in key:  # lora_A / lora_B / lora_embedding_* / lora_magnitude_vector
             continue
         value = value.detach()
-        if key in deltas:
-            out[key.replace(".base_layer.", ".")] = whole(value + deltas[key].to(value.dtype), shared=False)
-        else:
-            out[key.replace(".base_layer.", ".")] = whole(value)
+        merged = whole(value + deltas[key].to(value.dtype), shared=False) if key in deltas else whole(value)
+        out[key.replace(".base_layer.", ".")] = merged
     return out
 
 

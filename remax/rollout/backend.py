@@ -61,9 +61,10 @@ class HFBackend:
         # forward_context: the run's precision (train.mixed_precision's autocast), as the trainer's forwards;
         # decoder: rollout.hf_decoder (`generate_rollout`'s decoder); kernels: rollout.hf_kernels
         self.policy, self.sampling, self.forward_context, self.decoder = policy, sampling, forward_context, decoder
-        if kernels != "torch" and next(policy.parameters()).device.type != "cpu":
+        device = next(policy.parameters()).device
+        if kernels != "torch" and device.type != "cpu":
             raise ConfigError(f"--rollout.hf_kernels {kernels} packs weights for CPU matmuls, and the policy is on "
-                              f"{next(policy.parameters()).device}: remove --rollout.hf_kernels")
+                              f"{device}: remove --rollout.hf_kernels")
         self.kernels = kernels
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int, greedy: bool) -> Rollout:

@@ -46,9 +46,7 @@ from remax.rollout.vllm import (
     DEFAULT_TOL, PROBE_LEN, check_probe, check_rows, logprob_diff, make_probe, plain_weights, probe_diff, prompt_lists,
     to_rollout, trainer_probe_logprobs,
 )
-from remax.trainer.precision import check_engine_dtype, resolve_mode
-
-DTYPE_NAMES = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what each resolved mode computes in
+from remax.trainer.precision import check_engine_dtype, compute_dtype_name, resolve_mode
 
 
 _ABANDONED: list[Any] = []  # weights channels given up on mid-broadcast (see `push`)
@@ -165,7 +163,8 @@ class VLLMServerBackend:
             check_engine_dtype(dtype, mode, flag="the server's --dtype")
         except ConfigError:
             raise InputError(f"the rollout server at {self.url} runs {dtype}, and --train.mixed_precision {mode} "
-                             f"computes in {DTYPE_NAMES[mode]}; restart it with --dtype {DTYPE_NAMES[mode]}") from None
+                             f"computes in {compute_dtype_name(mode)}; restart it with --dtype {compute_dtype_name(mode)}"
+                             ) from None
         self.set_dtype(getattr(torch, dtype))
         if info.get("max_model_len", max_len) <= self.sampling.max_new_tokens:  # a longer prompt: the server says so
             raise InputError(f"the rollout server at {self.url} holds {info['max_model_len']} positions, fewer than "

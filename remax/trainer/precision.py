@@ -65,6 +65,11 @@ def resolve_mode(mode: str, device: torch.device) -> str:
 ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # rollout.vllm_dtype
 
 
+def compute_dtype_name(mode: str) -> str:
+    """The dtype a resolved mixed-precision `mode` (no | bf16 | fp16) computes in, by name."""
+    return str(DTYPES.get(mode, torch.float32)).removeprefix("torch.")
+
+
 def check_engine_dtype(name: str, mode: str, flag: str = "--rollout.vllm_dtype") -> None:
     """ConfigError for an engine dtype that contradicts the run's resolved mixed precision
     `mode`: float16 beside bf16 (the same memory as bfloat16, and float16's range overflows
@@ -73,8 +78,8 @@ def check_engine_dtype(name: str, mode: str, flag: str = "--rollout.vllm_dtype")
     low dtype beside an fp32 trainer (vLLM in bf16, the gap corrected by TIS) are allowed."""
     if name not in ENGINE_DTYPES:
         raise ConfigError(f"{flag} {name!r} is not one of {', '.join(ENGINE_DTYPES)}")
-    low = {"bf16": "bfloat16", "fp16": "float16"}.get(mode)
-    if low and name in ("bfloat16", "float16") and name != low:
+    low = compute_dtype_name(mode)
+    if low != "float32" and name in ("bfloat16", "float16") and name != low:
         raise ConfigError(f"{flag} {name} under --train.mixed_precision {mode}: the trainer computes in {low} and "
                           f"the engine would round differently for no memory saved; use {flag} {low} (or auto)")
 
@@ -183,4 +188,4 @@ class Precision:
 
 
 __all__ = ["DTYPES", "ENGINE_DTYPES", "MIN_SCALE", "MODES", "Precision", "SCALER_KWARGS", "check_engine_dtype",
-           "engine_dtype", "probe_autocast", "resolve_mode"]
+           "compute_dtype_name", "engine_dtype", "probe_autocast", "resolve_mode"]

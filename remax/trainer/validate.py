@@ -105,20 +105,7 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
         (r.backend != "vllm_server" or have_backend or bool(r.server_url),
          "--rollout.backend vllm_server needs --rollout.server_url http://HOST:PORT (start the server with "
          "`remax serve-rollout --model PATH`)"),
-        (r.hf_kernels == "torch" or r.backend == "hf" or have_backend,
-         f"--rollout.hf_kernels {r.hf_kernels} sets the hf backend's kernels; --rollout.backend {r.backend} runs "
-         "its own: remove --rollout.hf_kernels"),
-        (r.hf_kernels == "torch" or t.mixed_precision in ("auto", "no"),
-         f"--rollout.hf_kernels {r.hf_kernels} packs fp32 weights, and under --train.mixed_precision "
-         f"{t.mixed_precision} the rollout runs autocast's kernels: remove one of the two"),
-        (r.hf_kernels == "torch" or rollout_kernels.available(),
-         f"--rollout.hf_kernels {r.hf_kernels}: this torch build has no oneDNN linear operators "
-         "(torch.backends.mkldnn); use --rollout.hf_kernels torch"),
-        (r.vllm_dtype == "auto" or r.backend == "vllm" or have_backend,
-         f"--rollout.vllm_dtype {r.vllm_dtype} sets the colocated vllm engine's dtype; "
-         + ("a vllm_server runs the dtype `remax serve-rollout --dtype` gave it" if r.backend == "vllm_server"
-            else "the hf backend samples with the policy itself, under --train.mixed_precision's autocast")
-         + ": remove --rollout.vllm_dtype"),
+        *_backend_options(r, t, have_backend),
         (r.server_timeout_s > 0, f"--rollout.server_timeout_s must be > 0 seconds, got {r.server_timeout_s}"),
         (L.value_clip_eps > 0, f"--loss.value_clip_eps must be > 0, got {L.value_clip_eps}"),
         (L.vf_coef >= 0, f"--loss.vf_coef must be >= 0, got {L.vf_coef}"),
@@ -139,6 +126,27 @@ def validate_config(config: Config, spec: Any, *, have_policy: bool = False, hav
     if r.backend == "vllm":  # auto mixed precision depends on the device: checked again when the engine is built
         check_engine_dtype(r.vllm_dtype, t.mixed_precision)
     _check_combinations(c, spec)
+
+
+def _backend_options(r: Any, t: Any, have_backend: bool) -> list[tuple[bool, str]]:
+    """(ok, message) for the options one rollout backend reads: the hf backend's kernels,
+    the colocated vLLM engine's dtype; set for another backend they would do nothing."""
+    return [
+        (r.hf_kernels == "torch" or r.backend == "hf" or have_backend,
+         f"--rollout.hf_kernels {r.hf_kernels} sets the hf backend's kernels; --rollout.backend {r.backend} runs "
+         "its own: remove --rollout.hf_kernels"),
+        (r.hf_kernels == "torch" or t.mixed_precision in ("auto", "no"),
+         f"--rollout.hf_kernels {r.hf_kernels} packs fp32 weights, and under --train.mixed_precision "
+         f"{t.mixed_precision} the rollout runs autocast's kernels: remove one of the two"),
+        (r.hf_kernels == "torch" or rollout_kernels.available(),
+         f"--rollout.hf_kernels {r.hf_kernels}: this torch build has no oneDNN linear operators "
+         "(torch.backends.mkldnn); use --rollout.hf_kernels torch"),
+        (r.vllm_dtype == "auto" or r.backend == "vllm" or have_backend,
+         f"--rollout.vllm_dtype {r.vllm_dtype} sets the colocated vllm engine's dtype; "
+         + ("a vllm_server runs the dtype `remax serve-rollout --dtype` gave it" if r.backend == "vllm_server"
+            else "the hf backend samples with the policy itself, under --train.mixed_precision's autocast")
+         + ": remove --rollout.vllm_dtype"),
+    ]
 
 
 def _check_combinations(c: Config, spec: Any) -> None:
