@@ -39,22 +39,28 @@ def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, greedy_rewards: Opt
     `gather` (the trainer's `dist.gather_rows`) joins every rank's rows first, so a std or
     a correlation is the global batch's, alike on every rank."""
     samples = rollout.sampled()
-    lengths = gather(samples.response_mask.sum(-1).double())  # (N,)
     ended = is_eos(samples.response_ids, eos_token_id) & samples.response_mask.bool()
-    rewards = gather(rewards)  # (N,)
+    # one gather for every per-row column: (N, k) -> (N_global, k), rows in rank order
+    cols = {"length": samples.response_mask.sum(-1), "ended": ended.any(-1), "reward": rewards}
+    if greedy_rewards is not None:
+        cols["baseline"] = greedy_rewards.repeat_interleave(rollout.n)  # row i's prompt's greedy reward
+    if seq_adv is not None:
+        cols["adv"] = seq_adv
+    table = gather(torch.stack([c.double().cpu() for c in cols.values()], 1).flatten()).view(-1, len(cols))
+    col = {name: table[:, i] for i, name in enumerate(cols)}
+    rewards = col["reward"]  # (N,)
     m = {
         "rollout/reward_mean": float(rewards.mean()),
         "rollout/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "rollout/response_len_mean": float(lengths.mean()),
-        "rollout/eos_frac": float(gather(ended.any(-1).double()).mean()),
+        "rollout/response_len_mean": float(col["length"].mean()),
+        "rollout/eos_frac": float(col["ended"].mean()),
     }
     if greedy_rewards is not None:
-        baselines = gather(greedy_rewards.repeat_interleave(rollout.n))  # (N,) row i's prompt's greedy reward
-        m["rollout/baseline_reward_mean"] = float(baselines.mean())  # n rows per prompt: the same mean
+        m["rollout/baseline_reward_mean"] = float(col["baseline"].mean())  # n rows per prompt: the same mean
         # is the greedy baseline working? win rate, corr(r, b), var(r - b) / var(r)
-        m.update(baseline_diagnostics(rewards, baselines))
+        m.update(baseline_diagnostics(rewards, col["baseline"]))
     if seq_adv is not None:
-        seq_adv = gather(seq_adv)
+        seq_adv = col["adv"]
         m["adv/mean"] = float(seq_adv.mean())
         m["adv/std"] = float(seq_adv.std()) if len(seq_adv) > 1 else 0.0
     return m
